@@ -1,0 +1,85 @@
+"""LMArena AI Gateway: an OpenAI-compatible gateway in front of LMArenaBridge."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from . import requestlog
+from .api import register_blueprints
+from .config import ROOT, load_settings
+from .errors import register_errorhandlers
+from .providers import router
+from .version import __version__
+
+__all__ = ["__version__", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway; raise ConfigError naming the setting when the configuration cannot work."""
+    settings = load_settings(test_config)
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=None)
+    app.config.update(settings)
+    app.config["MAX_CONTENT_LENGTH"] = settings["GATEWAY_MAX_BODY_BYTES"]
+    configure_logging(app)
+    configure_json(app)
+    register_services(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    requestlog.init_app(app)
+    warn_if_open(app)
+    return app
+
+
+def configure_logging(app: Flask) -> None:
+    """Send the gateway's logs to stderr (Passenger's log) once per process."""
+    logger = logging.getLogger("app")
+    logger.setLevel(logging.DEBUG if app.config["DEBUG_MODE"] else logging.INFO)
+    if not any(getattr(h, "_gateway", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._gateway = True
+        logger.addHandler(handler)
+
+
+def configure_json(app: Flask) -> None:
+    """Answer compact UTF-8 JSON in the order fields were built, as OpenAI does."""
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    app.json.compact = True
+
+
+def register_services(app: Flask) -> None:
+    """Set up providers and CORS."""
+    app.extensions["started"] = time.monotonic()
+    router.init_app(app)
+    origins = app.config["CORS_ORIGINS"]
+    if origins:
+        CORS(
+            app,
+            origins=list(origins),
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-API-Key",
+                "X-Provider",
+                "X-Session-Name",
+                "X-Target-Domain",
+                "X-Request-Id",
+            ],
+            expose_headers=["X-Request-Id", "X-Gateway-Provider"],
+        )
+
+
+def warn_if_open(app: Flask) -> None:
+    """Say loudly when /v1 needs no key."""
+    if not app.config["GATEWAY_API_KEYS"]:
+        log.warning("GATEWAY_API_KEYS is not set: /v1 is open to anyone who can reach this gateway")

@@ -1,0 +1,29 @@
+"""Run the gateway locally: `python -m app` (waitress, on GATEWAY_HOST:GATEWAY_PORT, loopback by default)."""
+
+from __future__ import annotations
+
+import sys
+
+from waitress import serve
+
+from . import create_app
+from .config import ConfigError
+from .version import __version__
+
+
+def main() -> int:
+    """Serve until interrupted; exit 2 with the setting's name when the configuration is bad."""
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        print(f"lmarena-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    host, port = app.config["GATEWAY_HOST"], app.config["GATEWAY_PORT"]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"LMArena AI Gateway {__version__}: OpenAI base URL http://{shown}:{port}/v1", flush=True)
+    serve(app, host=host, port=port, threads=app.config["GATEWAY_THREADS"], ident="lmarena-gateway")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""HTTP endpoints, one blueprint per feature."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import health, v1
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every feature's blueprint."""
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(health.bp)

@@ -1,0 +1,55 @@
+"""POST /v1/chat/completions: JSON or SSE, relayed chunk by chunk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g
+
+from .. import sse
+from ..providers.base import ChatRequest, Provider
+from ..providers.router import get_router
+from ..streaming import ERROR, StreamPump, relay
+from ..tokens import prompt_tokens
+from ..validation import parse_chat_request, read_json_body
+
+bp = Blueprint("chat", __name__)
+
+
+@bp.post("/chat/completions")
+def create_chat_completion():
+    """Create a chat completion; stream it as server-sent events when the client asks."""
+    chat = parse_chat_request(read_json_body(), current_app.config["GATEWAY_MAX_MESSAGES"])
+    provider = get_router().for_chat(chat)
+    g.provider, g.model = provider.name, chat.model
+    if chat.stream:
+        return _stream(provider, chat)
+    return _complete(provider.chat(chat), chat)
+
+
+def _complete(data: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:
+    data["model"] = chat.model
+    usage = data.get("usage")
+    # The bridge reports prompt_tokens as 0; an estimate is more useful to clients that budget by it.
+    if not isinstance(usage, dict) or not usage.get("prompt_tokens"):
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = prompt_tokens(chat.body.get("messages"))
+        completion = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
+        data["usage"] = {
+            **usage,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+    return data
+
+
+def _stream(provider: Provider, chat: ChatRequest) -> Response:
+    keepalive = current_app.config["GATEWAY_SSE_KEEPALIVE_SECONDS"]
+    pump = StreamPump(lambda: provider.stream(chat), provider.label)
+    # Wait briefly for the upstream's verdict, so a refusal still gets its real HTTP status.
+    first = pump.get(keepalive)
+    if first is not None and first[0] == ERROR:
+        pump.close()
+        raise first[1]
+    return Response(relay(pump, first, chat, keepalive), headers=sse.HEADERS)

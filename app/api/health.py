@@ -1,0 +1,44 @@
+"""GET /health and the index: is the gateway up, and do its upstreams answer."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from flask import Blueprint, current_app, url_for
+
+from ..providers.router import get_router
+from ..version import __version__
+
+bp = Blueprint("health", __name__)
+
+OPEN_WARNING = "GATEWAY_API_KEYS is not set: /v1 is open to anyone who can reach this gateway."
+
+
+@bp.get("/health")
+def health():
+    """Report status, version, time, auth mode and each upstream's reachability (cached a few seconds)."""
+    upstreams = get_router().health()
+    all_ok = all(entry["ok"] for entry in upstreams.values())
+    body = {
+        "status": "ok" if all_ok else "degraded",
+        "version": __version__,
+        "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "uptime_seconds": round(time.monotonic() - current_app.extensions["started"], 1),
+        "auth": "api_key" if current_app.config["GATEWAY_API_KEYS"] else "open",
+        "upstreams": upstreams,
+    }
+    if not current_app.config["GATEWAY_API_KEYS"]:
+        body["warnings"] = [OPEN_WARNING]
+    return body
+
+
+@bp.get("/")
+def index():
+    """Say what this is and where its endpoints are."""
+    return {
+        "name": "LMArena AI Gateway",
+        "version": __version__,
+        "openai_base_url": url_for("v1.models.list_models", _external=True).removesuffix("/models"),
+        "endpoints": ["/v1/chat/completions", "/v1/images/generations", "/v1/models", "/health"],
+    }

@@ -1,0 +1,94 @@
+"""POST /v1/images/generations, served by the bridge's chat endpoint and its `![Image](url)` answers."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import requests
+from flask import Blueprint, current_app, g
+
+from ..errors import InvalidRequestError, UpstreamError
+from ..providers.base import ChatRequest
+from ..providers.lmarena_bridge import LMArenaBridge
+from ..providers.router import get_router
+from ..validation import ImageRequest, parse_image_request, read_json_body
+
+bp = Blueprint("images", __name__)
+
+IMAGE_MARKDOWN = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DOWNLOAD_TIMEOUT = (5.0, 30.0)
+
+
+@bp.post("/images/generations")
+def create_image():
+    """Generate images from a prompt with an LMArena image model."""
+    image = parse_image_request(read_json_body(), current_app.config["GATEWAY_IMAGE_MAX_N"])
+    bridge = get_router().bridge
+    model = _image_model(image, bridge)
+    g.provider, g.model = bridge.name, model
+    urls: list[str] = []
+    # One bridge call yields one image; n calls at most, stopping early if a call yields several.
+    for _ in range(image.n):
+        if len(urls) >= image.n:
+            break
+        urls.extend(_generate(bridge, model, image.prompt))
+    urls = urls[: image.n]
+    if image.response_format == "b64_json":
+        data = [{"b64_json": _download_b64(url)} for url in urls]
+    else:
+        data = [{"url": url} for url in urls]
+    return {"created": int(time.time()), "data": data}
+
+
+def _image_model(image: ImageRequest, bridge: LMArenaBridge) -> str:
+    known = bridge.image_models()
+    if image.model:
+        if bridge.model_kind(image.model) == "text":
+            raise InvalidRequestError(
+                f"'{image.model}' is a text model in models.json; image models: {', '.join(known) or 'none'}.",
+                param="model",
+                code="model_not_image",
+            )
+        return image.model
+    model = current_app.config["GATEWAY_DEFAULT_IMAGE_MODEL"] or (known[0] if known else "")
+    if not model:
+        raise InvalidRequestError(
+            "'model' is required: no GATEWAY_DEFAULT_IMAGE_MODEL is set and models.json lists no ':image' model.",
+            param="model",
+        )
+    return model
+
+
+def _generate(bridge: LMArenaBridge, model: str, prompt: str) -> list[str]:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    completion = bridge.chat(ChatRequest(body=body, model=model))
+    message = completion["choices"][0].get("message") if completion["choices"] else None
+    text = message.get("content") if isinstance(message, dict) else None
+    urls = IMAGE_MARKDOWN.findall(text) if isinstance(text, str) else []
+    if not urls:
+        shown = (text or "")[:200]
+        raise UpstreamError(f"The model '{model}' answered without an image: {shown!r}", code="no_image_returned")
+    return urls
+
+
+def _download_b64(url: str) -> str:
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if ";base64" in header:
+            return payload
+        raise UpstreamError("The generated image is a data: URL that is not base64.", code="image_download_failed")
+    try:
+        with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as response:
+            response.raise_for_status()
+            content = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
+    except (requests.RequestException, OSError):
+        raise UpstreamError(
+            "The image was generated but could not be downloaded for b64_json; ask for response_format 'url'.",
+            code="image_download_failed",
+        ) from None
+    if len(content) > MAX_IMAGE_BYTES:
+        raise UpstreamError("The generated image is larger than 20 MB.", code="image_download_failed")
+    return base64.b64encode(content).decode("ascii")

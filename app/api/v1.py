@@ -1,0 +1,14 @@
+"""The OpenAI-compatible /v1 API: client key required, each feature its own blueprint."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from ..auth import require_client_key
+from . import chat, images, models
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+bp.before_request(require_client_key)
+bp.register_blueprint(chat.bp)
+bp.register_blueprint(images.bp)
+bp.register_blueprint(models.bp)

@@ -1,0 +1,46 @@
+"""Client and admin API keys, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from flask import current_app, request
+
+from .errors import AuthenticationError
+
+
+def _digest(value: str) -> bytes:
+    # Hashing first gives equal-length inputs to compare_digest, so neither key length nor non-ASCII leaks.
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_matches(provided: str, keys: Iterable[str]) -> bool:
+    """Return whether provided equals one of keys, looking at every key."""
+    provided_digest = _digest(provided)
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(provided_digest, _digest(key))
+    return found
+
+
+def provided_key() -> str:
+    """Return the key from `Authorization: Bearer` or `X-API-Key`, or ''."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("X-API-Key", "").strip()
+
+
+def require_client_key() -> None:
+    """Reject a /v1 request without a valid client key, unless the gateway runs open."""
+    keys = current_app.config["GATEWAY_API_KEYS"]
+    if not keys or request.method == "OPTIONS":
+        return
+    key = provided_key()
+    if not key:
+        raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+    if not key_matches(key, keys):
+        raise AuthenticationError("Incorrect API key provided.")

@@ -1,0 +1,159 @@
+"""Settings: defaults < .env < environment < test_config, each validated with an error naming it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting has a value the gateway cannot start with."""
+
+
+def _text(value: Any) -> str:
+    return str(value).strip()
+
+
+def _url(value: Any) -> str:
+    url = _text(value).rstrip("/")
+    # The upstreams' own docs give base URLs with and without /v1; the gateway appends it itself.
+    if url.endswith("/v1"):
+        url = url[:-3]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("must be a whole number")
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _port(value: Any) -> int:
+    port = _integer(value)
+    if port > 65535:
+        raise ValueError("must be a TCP port (1-65535)")
+    return port
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = _text(value).lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _csv(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else _text(value).split(",")
+    return tuple(item.strip() for item in items if item and item.strip())
+
+
+def _optional_file(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        return ""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = ROOT / path
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ValueError(f"file {str(path)!r} does not exist or is not readable")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("LMARENA_BRIDGE_BASE_URL", "http://127.0.0.1:5102", _url),
+    Setting("LMARENA_BRIDGE_API_KEY", "", _text, secret=True),
+    Setting("LMARENA_BRIDGE_TIMEOUT", 180.0, _number),
+    Setting("LMARENA_BRIDGE_CONNECT_TIMEOUT", 5.0, _number),
+    Setting("LMARENA_BRIDGE_MODELS_FILE", "", _optional_file),
+    Setting("LMARENA_BRIDGE_CONFIG_FILE", "", _optional_file),
+    Setting("LMARENA_BRIDGE_MODEL_MAP_FILE", "", _optional_file),
+    Setting("GATEWAY_API_KEYS", (), _csv, secret=True),
+    Setting("GATEWAY_ADMIN_KEY", "", _text, secret=True),
+    Setting("GATEWAY_HOST", "127.0.0.1", _text),
+    Setting("GATEWAY_PORT", 5104, _port),
+    Setting("GATEWAY_THREADS", 16, _integer),
+    Setting("GATEWAY_MAX_BODY_BYTES", 16 * 1024 * 1024, _integer),
+    Setting("GATEWAY_MAX_MESSAGES", 2000, _integer),
+    Setting("GATEWAY_SSE_KEEPALIVE_SECONDS", 5.0, _number),
+    Setting("GATEWAY_HEALTH_CACHE_SECONDS", 5.0, _number),
+    Setting("GATEWAY_HEALTH_TIMEOUT", 2.0, _number),
+    Setting("GATEWAY_MODELS_CACHE_SECONDS", 30.0, _number),
+    Setting("GATEWAY_DEFAULT_IMAGE_MODEL", "", _text),
+    Setting("GATEWAY_IMAGE_MAX_N", 4, _integer),
+    Setting("CORS_ORIGINS", (), _csv),
+    Setting("DEBUG_MODE", False, _flag),
+    Setting("LOG_REQUESTS", False, _flag),
+)
+
+SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if s.secret)
+
+
+def load_settings(
+    test_config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+) -> dict[str, Any]:
+    """Return every setting, parsed; raise ConfigError naming the first bad one."""
+    environ = os.environ if environ is None else environ
+    dotenv_path = ROOT / ".env" if dotenv_path is None else dotenv_path
+    layers: list[Mapping[str, Any]] = []
+    if dotenv_path.is_file():
+        layers.append({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    layers.append(environ)
+    if test_config:
+        layers.append(test_config)
+
+    settings: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw: Any = setting.default
+        for layer in layers:
+            if setting.name in layer:
+                raw = layer[setting.name]
+        try:
+            settings[setting.name] = setting.parse(raw) if raw is not setting.default else setting.default
+        except (TypeError, ValueError) as exc:
+            shown = "<hidden>" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.name}={shown} {exc}") from None
+    # test_config may carry keys that are not settings (TESTING, service overrides): keep them.
+    for key, value in (test_config or {}).items():
+        settings.setdefault(key, value)
+    return settings

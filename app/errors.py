@@ -1,0 +1,140 @@
+"""One error hierarchy, rendered everywhere in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status_code = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict:
+        """Return the OpenAI error body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(GatewayError):
+    status_code = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class RateLimitError(GatewayError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    """An upstream answered, but not with something the gateway can pass on."""
+
+    status_code = 502
+    type = "api_error"
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+# Routing and body-size errors raised by werkzeug, described the OpenAI way.
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    431: "request_header_fields_too_large",
+}
+
+
+def error_response(error: GatewayError):
+    """Return a Flask response tuple for a GatewayError."""
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if error.status_code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="lmarena-gateway"'
+    return error.to_dict(), error.status_code, headers
+
+
+def _from_http_exception(exc: HTTPException) -> GatewayError:
+    status = exc.code or 500
+    if status == 404:
+        message = "Unknown endpoint. The gateway serves /v1/chat/completions, /v1/images/generations and /v1/models."
+    elif status == 405:
+        message = f"Method not allowed for this endpoint (allowed: {', '.join(exc.valid_methods or [])})."
+    elif status == 413:
+        message = "Request body is too large."
+    else:
+        message = exc.description or exc.name
+    cls = InvalidRequestError if status < 500 else GatewayError
+    return cls(message, code=_HTTP_CODES.get(status, "http_error"), status_code=status)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    """Render every error, routing ones included, as an OpenAI error body."""
+
+    @app.errorhandler(GatewayError)
+    def handle_gateway_error(error: GatewayError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        response = error_response(_from_http_exception(exc))
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response[2]["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        request_id = g.get("request_id", "-")
+        log.exception("unhandled error in request %s", request_id)
+        return error_response(
+            GatewayError(f"The gateway hit an internal error (request id {request_id}); see the gateway log.")
+        )

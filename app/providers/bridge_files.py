@@ -1,0 +1,163 @@
+"""LMArenaBridge's own files: models.json, config.jsonc and model_endpoint_map.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# How often a file's mtime is looked at: often enough to see edits, rarely enough to stay off the hot path.
+STAT_INTERVAL = 2.0
+
+
+def strip_jsonc(text: str) -> str:
+    """Return text with // and /* */ comments and trailing commas removed, strings left intact."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        elif ch in "]}":
+            # Drop a trailing comma before a closing bracket (JSONC allows it, json does not).
+            k = len(out) - 1
+            while k >= 0 and out[k].isspace():
+                k -= 1
+            if k >= 0 and out[k] == ",":
+                del out[k]
+            out.append(ch)
+            i += 1
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def parse_jsonc(text: str) -> Any:
+    """Parse JSON with comments, as LMArenaBridge's config.jsonc is written."""
+    return json.loads(strip_jsonc(text))
+
+
+@dataclass(frozen=True)
+class BridgeModel:
+    name: str
+    lmarena_id: str | None
+    kind: str  # "text" or "image", from the "<uuid>:image" suffix
+
+
+def parse_models(data: Any) -> dict[str, BridgeModel]:
+    """Return models.json entries; raise ValueError when it is not a name -> id object."""
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object of model name -> LMArena model id")
+    models = {}
+    for name, value in data.items():
+        if not isinstance(value, str):
+            raise ValueError(f"model {name!r} must map to a string id")
+        model_id, _, kind = value.partition(":")
+        models[name] = BridgeModel(name, None if model_id.lower() in ("", "null") else model_id, kind or "text")
+    return models
+
+
+def parse_endpoint_map(data: Any) -> dict[str, list[dict]]:
+    """Return model -> list of endpoint entries (the bridge accepts one object or a list)."""
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object of model name -> endpoint(s)")
+    result = {}
+    for name, entry in data.items():
+        entries = entry if isinstance(entry, list) else [entry]
+        if not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"model {name!r} must map to an object or a list of objects")
+        result[name] = entries
+    return result
+
+
+class WatchedFile:
+    """A parsed file, reloaded when its mtime or size changes; a bad edit keeps the last good copy."""
+
+    def __init__(self, setting: str, path: str, parse: Callable[[str], Any]) -> None:
+        self.setting, self.path, self._parse = setting, path, parse
+        self._lock = threading.Lock()
+        self._next_check = 0.0
+        self._signature: tuple[float, int] | None = None
+        self._value: Any = None
+        try:
+            self._load()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{setting}={path!r} cannot be used: {exc}") from None
+
+    def _load(self) -> None:
+        stat = os.stat(self.path)
+        with open(self.path, encoding="utf-8-sig") as f:
+            value = self._parse(f.read())
+        self._value, self._signature = value, (stat.st_mtime, stat.st_size)
+
+    @property
+    def value(self) -> Any:
+        now = time.monotonic()
+        if now >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = now + STAT_INTERVAL
+                stat = os.stat(self.path)
+                if (stat.st_mtime, stat.st_size) != self._signature:
+                    self._load()
+                    log.info("reloaded %s from %s", self.setting, self.path)
+            except (OSError, ValueError) as exc:
+                log.warning("keeping the last good %s: %s cannot be read: %s", self.setting, self.path, exc)
+            finally:
+                self._lock.release()
+        return self._value
+
+
+class BridgeFiles:
+    """The bridge files named in the settings; each is optional."""
+
+    def __init__(self, models_path: str = "", config_path: str = "", map_path: str = "") -> None:
+        self._models = models_path and WatchedFile(
+            "LMARENA_BRIDGE_MODELS_FILE", models_path, lambda text: parse_models(json.loads(text))
+        )
+        self._config = config_path and WatchedFile("LMARENA_BRIDGE_CONFIG_FILE", config_path, _parse_config)
+        self._map = map_path and WatchedFile(
+            "LMARENA_BRIDGE_MODEL_MAP_FILE", map_path, lambda text: parse_endpoint_map(json.loads(text))
+        )
+
+    @property
+    def models(self) -> dict[str, BridgeModel]:
+        return self._models.value if self._models else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._config.value if self._config else {}
+
+    @property
+    def endpoint_map(self) -> dict[str, list[dict]]:
+        return self._map.value if self._map else {}
+
+    @property
+    def models_mtime(self) -> int:
+        return int(os.stat(self._models.path).st_mtime) if self._models else int(time.time())
+
+
+def _parse_config(text: str) -> dict[str, Any]:
+    data = parse_jsonc(text)
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object")
+    return data

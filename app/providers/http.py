@@ -1,0 +1,187 @@
+"""Pooled HTTP to one upstream, with transport failures translated into gateway errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import sseclient
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from ..errors import GatewayError, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+
+
+def redact_url(url: str) -> str:
+    """Return url without user info, query or fragment, safe to show and log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _connection_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "getaddrinfo" in text or "nodename" in text:
+        return "host name not found"
+    if "reset" in text.lower():
+        return "connection reset"
+    return "connection failed"
+
+
+class UpstreamClient:
+    """A requests.Session per upstream, so connections are reused across requests."""
+
+    def __init__(
+        self, label: str, base_url: str, *, connect_timeout: float, read_timeout: float, pool_size: int = 32
+    ) -> None:
+        self.label = label
+        self.base_url = base_url
+        self.public_url = redact_url(base_url)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.session = requests.Session()
+        # Proxy variables and ~/.netrc are looked up on every request when trust_env is on; the upstreams are
+        # configured explicitly, so skip that cost and that surprise.
+        self.session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        read_timeout: float | None = None,
+    ) -> requests.Response:
+        """Send a request; raise UpstreamError/UpstreamTimeout when there is no HTTP answer."""
+        timeout = (self.connect_timeout, read_timeout or self.read_timeout)
+        data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        send_headers = {"Content-Type": "application/json"} if data is not None else {}
+        if stream:
+            send_headers["Accept"] = "text/event-stream"
+            # A compressing upstream would hold chunks back to fill its deflate window.
+            send_headers["Accept-Encoding"] = "identity"
+        send_headers.update(headers or {})
+        try:
+            return self.session.request(
+                method, self.base_url + path, data=data, headers=send_headers, stream=stream, timeout=timeout
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise UpstreamTimeout(
+                f"{self.label} at {self.public_url} did not accept a connection within {timeout[0]:g} s.",
+                code="upstream_connect_timeout",
+            ) from None
+        except requests.exceptions.ReadTimeout:
+            raise UpstreamTimeout(f"{self.label} did not answer within {timeout[1]:g} s.") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise UpstreamError(
+                f"Cannot reach {self.label} at {self.public_url} ({_connection_reason(exc)}). Is it running?",
+                code="upstream_unreachable",
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
+
+    def sse_data(self, response: requests.Response, is_aborted) -> Iterator[str]:
+        """Yield each event's data from a streamed response as soon as its bytes arrive."""
+        events = sseclient.SSEClient(_Pieces(response, self, is_aborted)).events()
+        try:
+            for event in events:
+                yield event.data
+        except UnicodeDecodeError:
+            raise UpstreamError(
+                f"{self.label} sent a stream that is not UTF-8 text.", code="upstream_bad_stream"
+            ) from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class _Pieces:
+    """The raw body as pieces, each returned as soon as any bytes are there (read1), errors translated."""
+
+    def __init__(self, response: requests.Response, client: UpstreamClient, is_aborted) -> None:
+        self.response, self.client, self.is_aborted = response, client, is_aborted
+
+    def __iter__(self) -> Iterator[bytes]:
+        raw = self.response.raw
+        while True:
+            try:
+                piece = raw.read1(READ_SIZE, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError:
+                if self.is_aborted():
+                    return
+                raise UpstreamTimeout(
+                    f"{self.client.label} sent nothing for {self.client.read_timeout:g} s; the stream was ended.",
+                    code="upstream_idle_timeout",
+                ) from None
+            except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError) as exc:
+                # After abort() the socket is shut down under the read; that is our doing, not an upstream fault.
+                if self.is_aborted():
+                    return
+                log.info("%s stream broke: %s", self.client.label, type(exc).__name__)
+                raise UpstreamError(
+                    f"{self.client.label} closed the connection before the stream finished.",
+                    code="upstream_stream_broken",
+                ) from None
+            if not piece:
+                return
+            yield piece
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def read_error_body(response: requests.Response, limit: int = 65536) -> Any:
+    """Return the parsed JSON (or short text) of an error response, reading at most limit bytes."""
+    try:
+        raw = response.raw.read(limit, decode_content=True) if response.raw is not None else b""
+    except (urllib3.exceptions.HTTPError, OSError, ValueError):
+        raw = b""
+    finally:
+        response.close()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip()[:300]
+
+
+def upstream_message(body: Any) -> str:
+    """Return the human text in an upstream error body (FastAPI detail or OpenAI error)."""
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        error = body.get("error")
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            return "; ".join(str(d.get("msg", d)) for d in detail[:3])
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        return json.dumps(body, ensure_ascii=False)[:300]
+    return str(body)[:300]
+
+
+def ensure_gateway_error(exc: BaseException, label: str) -> GatewayError:
+    """Return exc if it is already a GatewayError, else a generic upstream error for it."""
+    if isinstance(exc, GatewayError):
+        return exc
+    log.exception("unexpected error talking to %s", label)
+    return UpstreamError(f"Unexpected failure while talking to {label}.")

@@ -1,0 +1,174 @@
+"""Relay a provider stream to the client: unbuffered, with keep-alives, usage and clean errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import sse
+from .errors import GatewayError
+from .providers.base import ChatRequest, ChatStream, Chunk
+from .providers.http import ensure_gateway_error
+from .tokens import estimate_tokens, prompt_tokens
+
+log = logging.getLogger(__name__)
+
+OPENED, CHUNK, END, ERROR = "opened", "chunk", "end", "error"
+Item = tuple[str, Any]
+
+# Put waits in short slices so a reader whose client went away notices and exits.
+_PUT_SLICE = 0.25
+
+
+class StreamPump:
+    """Read a provider stream on a background thread, so the response can wait for it with a timeout.
+
+    Under Passenger a client that went away is only noticed when the response writes; reading the upstream
+    here lets the response write keep-alives while a slow model thinks, and close the upstream at once.
+    """
+
+    def __init__(self, open_stream: Callable[[], ChatStream], label: str, maxsize: int = 64) -> None:
+        self._queue: queue.Queue[Item] = queue.Queue(maxsize)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._stream: ChatStream | None = None
+        self._label = label
+        self._thread = threading.Thread(target=self._run, args=(open_stream,), name="stream-pump", daemon=True)
+        self._thread.start()
+
+    def _run(self, open_stream: Callable[[], ChatStream]) -> None:
+        stream = None
+        try:
+            stream = open_stream()
+            with self._lock:
+                self._stream = stream
+            if self._stop.is_set() or not self._put((OPENED, None)):
+                return
+            for chunk in stream:
+                if not self._put((CHUNK, chunk)):
+                    return
+            self._put((END, None))
+        except Exception as exc:  # providers raise GatewayError; anything else is logged as a bug
+            if not self._stop.is_set():
+                self._put((ERROR, ensure_gateway_error(exc, self._label)))
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _put(self, item: Item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_PUT_SLICE)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, timeout: float) -> Item | None:
+        """Return the next item, or None when nothing came within timeout."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Stop reading and release the upstream connection; safe to call twice."""
+        self._stop.set()
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.abort()
+
+
+class ChunkRelay:
+    """Turn upstream chunks into client frames: requested model name, a role chunk first, usage counted."""
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self.started = False
+        self.completion_chars = 0
+        self.upstream_usage: dict[str, Any] | None = None
+        self.last_id = "chatcmpl-gateway"
+        self.last_created = 0
+
+    def frames(self, chunk: Chunk) -> Iterator[bytes]:
+        obj, text = chunk.obj, chunk.text
+        choices = obj.get("choices")
+        self.last_id = obj.get("id") or self.last_id
+        self.last_created = obj.get("created") or self.last_created
+        if isinstance(obj.get("usage"), dict):
+            self.upstream_usage = obj["usage"]
+            if not choices:
+                return  # a usage-only chunk: sent once at the end, and only when asked for
+        if not isinstance(choices, list):
+            choices = []
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                for key in ("content", "reasoning_content"):
+                    if isinstance(delta.get(key), str):
+                        self.completion_chars += len(delta[key])
+        if not self.started:
+            self.started = True
+            first_delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+            if not (isinstance(first_delta, dict) and "role" in first_delta):
+                yield sse.json_frame(
+                    self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+                )
+        if obj.get("model") != self.request.model:
+            # Upstreams may report a cleaned model name; clients expect the id they asked for.
+            obj["model"] = self.request.model
+            text = json.dumps(obj, ensure_ascii=False)
+        yield sse.frame(text)
+
+    def usage_frame(self) -> bytes:
+        usage = self.upstream_usage
+        if not usage or not usage.get("completion_tokens"):
+            prompt = prompt_tokens(self.request.body.get("messages"))
+            completion = estimate_tokens(self.completion_chars)
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return sse.json_frame(self._chunk([], usage=usage))
+
+    def _chunk(self, choices: list, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.last_id,
+            "object": "chat.completion.chunk",
+            "created": self.last_created,
+            "model": self.request.model,
+            "choices": choices,
+            **extra,
+        }
+
+
+def relay(pump: StreamPump, first: Item | None, request: ChatRequest, keepalive: float) -> Iterator[bytes]:
+    """Yield SSE frames as upstream chunks arrive, ending with `data: [DONE]` whatever happens."""
+    chunks = ChunkRelay(request)
+    item = first
+    try:
+        while True:
+            if item is None:
+                item = pump.get(keepalive)
+                if item is None:
+                    # Also how a gone client is noticed under Passenger: the write fails.
+                    yield sse.KEEPALIVE
+                    continue
+            kind, value = item
+            item = None
+            if kind == CHUNK:
+                yield from chunks.frames(value)
+            elif kind == ERROR:
+                error: GatewayError = value
+                log.info("stream ended with error: %s", error.code)
+                yield sse.json_frame(error.to_dict())
+                break
+            elif kind == END:
+                if request.include_usage:
+                    yield chunks.usage_frame()
+                break
+    finally:
+        pump.close()
+    yield sse.DONE
