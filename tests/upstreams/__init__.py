@@ -1,0 +1,1 @@
+"""Fake upstream servers the test-suite talks to over loopback."""
