@@ -34,21 +34,25 @@ def _url(value: Any) -> str:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    number = float(value)
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        raise ValueError("must be a number (seconds or a count)") from None
     if not number > 0 or number == float("inf"):
         raise ValueError("must be a positive number")
     return number
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number") from None
+    if not number.is_integer():
         raise ValueError("must be a whole number")
-    number = int(value)
     if number <= 0:
         raise ValueError("must be a positive whole number")
-    return number
+    return int(number)
 
 
 def _port(value: Any) -> int:
@@ -113,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_THREADS", 16, _integer),
     Setting("GATEWAY_MAX_BODY_BYTES", 16 * 1024 * 1024, _integer),
     Setting("GATEWAY_MAX_MESSAGES", 2000, _integer),
-    Setting("GATEWAY_SSE_KEEPALIVE_SECONDS", 5.0, _number),
+    Setting("GATEWAY_SSE_KEEPALIVE_SECONDS", 3.0, _number),
     Setting("GATEWAY_HEALTH_CACHE_SECONDS", 5.0, _number),
     Setting("GATEWAY_HEALTH_TIMEOUT", 2.0, _number),
     Setting("GATEWAY_MODELS_CACHE_SECONDS", 30.0, _number),
@@ -134,9 +138,12 @@ def load_settings(
 ) -> dict[str, Any]:
     """Return every setting, parsed; raise ConfigError naming the first bad one."""
     environ = os.environ if environ is None else environ
-    dotenv_path = ROOT / ".env" if dotenv_path is None else dotenv_path
+    if dotenv_path is None:
+        # GATEWAY_ENV_FILE moves the .env file (or, set empty, turns it off); it cannot live in .env itself.
+        chosen = (test_config or {}).get("GATEWAY_ENV_FILE", environ.get("GATEWAY_ENV_FILE"))
+        dotenv_path = ROOT / ".env" if chosen is None else (ROOT / chosen if chosen else None)
     layers: list[Mapping[str, Any]] = []
-    if dotenv_path.is_file():
+    if dotenv_path is not None and dotenv_path.is_file():
         layers.append({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
     layers.append(environ)
     if test_config:

@@ -149,6 +149,9 @@ def relay(pump: StreamPump, first: Item | None, request: ChatRequest, keepalive:
     chunks = ChunkRelay(request)
     item = first
     try:
+        if first is None:
+            # A whole interval has passed already while the view waited for the upstream's verdict.
+            yield sse.KEEPALIVE
         while True:
             if item is None:
                 item = pump.get(keepalive)

@@ -149,10 +149,13 @@ class _Pieces:
 
 
 def read_error_body(response: requests.Response, limit: int = 65536) -> Any:
-    """Return the parsed JSON (or short text) of an error response, reading at most limit bytes."""
+    """Return the parsed JSON (or short text) of an error response, reading at most limit bytes of a stream."""
     try:
-        raw = response.raw.read(limit, decode_content=True) if response.raw is not None else b""
-    except (urllib3.exceptions.HTTPError, OSError, ValueError):
+        if response.raw is not None and not response._content_consumed:
+            raw = response.raw.read(limit, decode_content=True)
+        else:
+            raw = response.content[:limit]
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError, ValueError):
         raw = b""
     finally:
         response.close()
