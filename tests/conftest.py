@@ -1,0 +1,104 @@
+"""Fixtures: a real fake LMArenaBridge on loopback, the app, and the app served by waitress on loopback."""
+
+from __future__ import annotations
+
+import threading
+
+import openai
+import pytest
+from waitress.server import create_server
+
+from app import create_app
+from app.config import SETTINGS
+from tests.upstreams.fake_bridge import FakeBridge
+
+CLIENT_KEY = "sk-gw-test"
+BRIDGE_KEY = "sk-lmab-test"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    """Keep the developer's shell settings out of the tests."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.name, raising=False)
+    monkeypatch.delenv("GATEWAY_ENV_FILE", raising=False)
+
+
+@pytest.fixture
+def bridge():
+    """Start a fake LMArenaBridge that streams quickly."""
+    fake = FakeBridge(api_key=BRIDGE_KEY, chunk_delay=0.02, response_delay=0.01, hang_seconds=0.3)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def make_app(bridge, tmp_path):
+    """Return a factory of apps wired to the fake bridge; keyword arguments override settings."""
+
+    def factory(**overrides):
+        config = {
+            "TESTING": True,
+            "GATEWAY_ENV_FILE": "",
+            "LMARENA_BRIDGE_BASE_URL": bridge.url,
+            "LMARENA_BRIDGE_API_KEY": BRIDGE_KEY,
+            "LMARENA_BRIDGE_TIMEOUT": 5,
+            "GATEWAY_API_KEYS": CLIENT_KEY,
+            "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
+            "GATEWAY_HEALTH_CACHE_SECONDS": 5,
+        }
+        config.update(overrides)
+        return create_app(config)
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def auth():
+    """Headers carrying the test client key."""
+    return {"Authorization": f"Bearer {CLIENT_KEY}"}
+
+
+class LiveServer:
+    """An app served by waitress on a free loopback port, as `python -m app` serves it."""
+
+    def __init__(self, app) -> None:
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=8, ident="test-gateway")
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.close()
+        # Close kept-alive client connections too, so waitress's loop (and this thread) ends.
+        for channel in list(self.server._map.values()):
+            channel.handle_close()
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live(app):
+    """Serve the app on loopback; yields the LiveServer (its .url has no trailing slash)."""
+    server = LiveServer(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openai_client(live):
+    """The official OpenAI client pointed at the gateway, with its own retries off."""
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
+    yield client
+    client.close()

@@ -1,0 +1,53 @@
+"""GET /health: status, version, time and cached upstream reachability."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from app.version import __version__
+
+
+def test_health_reports_ok_with_reachable_bridge(client, bridge):
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["version"] == __version__
+    assert datetime.fromisoformat(body["time"].replace("Z", "+00:00")).tzinfo is not None
+    assert body["auth"] == "api_key"
+    upstream = body["upstreams"]["lmarena_bridge"]
+    assert upstream["ok"] is True
+    assert upstream["base_url"] == bridge.url
+    assert upstream["latency_ms"] >= 0
+    assert "warnings" not in body
+
+
+def test_health_reports_degraded_when_bridge_down(make_app):
+    body = make_app(LMARENA_BRIDGE_BASE_URL="http://127.0.0.1:9").test_client().get("/health").get_json()
+    assert body["status"] == "degraded"
+    assert body["upstreams"]["lmarena_bridge"]["ok"] is False
+    assert "connection refused" in body["upstreams"]["lmarena_bridge"]["error"]
+
+
+def test_health_is_cached_so_it_cannot_hammer_upstreams(client, bridge):
+    for _ in range(10):
+        client.get("/health")
+    assert len([r for r in bridge.requests if r.path == "/v1/models"]) == 1
+
+
+def test_health_needs_no_key_and_shows_no_secret(make_app, bridge):
+    app = make_app(LMARENA_BRIDGE_BASE_URL=bridge.url.replace("http://", "http://user:hunter2@"))
+    text = app.test_client().get("/health").get_data(as_text=True)
+    assert "hunter2" not in text and "sk-lmab-test" not in text and "sk-gw-test" not in text
+
+
+def test_health_times_out_quickly_on_a_hung_bridge(make_app, bridge):
+    bridge.headers_delay = 5
+    response = make_app(GATEWAY_HEALTH_TIMEOUT=0.3).test_client().get("/health")
+    body = response.get_json()
+    assert body["upstreams"]["lmarena_bridge"]["ok"] is False
+    assert body["upstreams"]["lmarena_bridge"]["latency_ms"] < 2000
+
+
+def test_index_points_to_the_openai_base_url(client):
+    assert client.get("/").get_json()["openai_base_url"] == "http://localhost/v1"

@@ -1,0 +1,128 @@
+"""SSE relay at the byte level: headers, keep-alives, client disconnects and upstream faults mid-stream."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import LiveServer
+from tests.sseclient_raw import open_stream, read_frames, stream_chat
+
+
+def _body(text: str = "Say hello", **extra) -> dict:
+    return {"model": "gpt-5", "messages": [{"role": "user", "content": text}], "stream": True, **extra}
+
+
+def test_stream_sends_unbuffered_sse_headers_and_done(live, auth):
+    result = stream_chat(live.url, _body(), auth)
+    assert result.status == 200
+    assert result.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert result.headers["x-accel-buffering"] == "no"
+    assert "no-cache" in result.headers["cache-control"]
+    assert "content-length" not in result.headers
+    assert result.data[-1] == "[DONE]"
+    assert all(frame.endswith(b"\n\n") for _, frame in result.frames)
+
+
+def test_stream_passes_upstream_chunks_through_unchanged(live, auth, bridge):
+    result = stream_chat(live.url, _body(), auth)
+    contents = [c["choices"][0]["delta"].get("content") for c in result.json_frames()]
+    assert contents == ["", "Hello", " from", " the", " real", " bridge", None]
+    # Upstream chunk text is relayed as received (key order and spacing included), not re-encoded.
+    assert result.data[1].startswith('{"id": "chatcmpl-')
+
+
+def test_stream_sends_keepalives_while_waiting_for_first_token(live, auth, bridge):
+    bridge.first_chunk_delay = 2.6  # keep-alive interval is 1 s in the test app
+    result = stream_chat(live.url, _body(), auth)
+    first_data = next(i for i, (_, frame) in enumerate(result.frames) if frame.startswith(b"data: "))
+    assert len([f for _, f in result.frames[:first_data] if f == b": keep-alive\n\n"]) >= 2
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in result.json_frames()) == (
+        "Hello from the real bridge"
+    )
+
+
+def test_stream_slow_upstream_headers_still_get_keepalives(live, auth, bridge):
+    bridge.headers_delay = 1.6
+    result = stream_chat(live.url, _body(), auth)
+    assert result.status == 200
+    assert result.comments
+    assert result.data[-1] == "[DONE]"
+
+
+def test_stream_refusal_after_commit_becomes_error_chunk(live, auth, bridge):
+    bridge.headers_delay = 1.6
+    bridge.no_browser = True
+    result = stream_chat(live.url, _body(), auth)
+    assert result.status == 200
+    errors = [f for f in result.json_frames() if "error" in f]
+    assert errors[0]["error"]["code"] == "bridge_no_browser"
+    assert set(errors[0]["error"]) == {"message", "type", "param", "code"}
+    assert result.data[-1] == "[DONE]"
+
+
+def test_stream_refusal_before_commit_keeps_http_status(live, auth, bridge):
+    bridge.no_browser = True
+    result = stream_chat(live.url, _body(), auth)
+    assert result.status == 503
+    assert result.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("marker", "code", "kept"),
+    [
+        ("[[fake:drop]]", "upstream_stream_broken", "Hello from"),
+        ("[[fake:garbage]]", "upstream_bad_stream", ""),
+        ("[[fake:midfail]]", "bridge_error", "Hello from"),
+    ],
+)
+def test_stream_upstream_fault_ends_with_error_chunk_then_done(live, auth, marker, code, kept):
+    result = stream_chat(live.url, _body(f"hi {marker}"), auth)
+    assert result.status == 200
+    frames = result.json_frames()
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in frames if "choices" in c)
+    assert text == kept
+    assert frames[-1]["error"]["code"] == code
+    assert result.data[-1] == "[DONE]"
+
+
+def test_stream_idle_upstream_is_ended_by_timeout(make_app, auth, bridge):
+    bridge.first_chunk_delay = 4
+    server = LiveServer(make_app(LMARENA_BRIDGE_TIMEOUT=1))
+    try:
+        started = time.monotonic()
+        result = stream_chat(server.url, _body(), auth)
+        assert time.monotonic() - started < 3.5
+        assert result.json_frames()[-1]["error"]["code"] == "upstream_idle_timeout"
+        assert result.data[-1] == "[DONE]"
+    finally:
+        server.stop()
+
+
+def test_client_disconnect_mid_stream_closes_upstream(live, auth, bridge):
+    bridge.chunk_delay = 0.05
+    conn, response = open_stream(live.url, _body("tick [[fake:slow]]"), auth)
+    frames = read_frames(response, stop_after=4)
+    assert len(frames) >= 4
+    assert bridge.open_streams == 1
+    response.close()  # the client goes away mid-stream
+    conn.close()
+    closed_at = time.monotonic()
+    assert bridge.wait_until(lambda: bridge.disconnects, timeout=3), "upstream stream was never closed"
+    assert bridge.disconnects[0].at - closed_at < 1.0
+    assert bridge.wait_until(lambda: bridge.open_streams == 0, timeout=2)
+
+
+def test_client_disconnect_while_waiting_for_first_token_closes_upstream(live, auth, bridge):
+    bridge.first_chunk_delay = 30
+    conn, response = open_stream(live.url, _body(), auth)
+    assert response.status == 200
+    read_frames(response, stop_after=1)  # the first keep-alive
+    response.close()
+    conn.close()
+    closed_at = time.monotonic()
+    # A server learns the peer is gone only from a write: the first keep-alive after the close draws a TCP
+    # reset, a later one fails. With 1 s keep-alives that is at most ~3 s; then the upstream goes at once.
+    assert bridge.wait_until(lambda: bridge.disconnects, timeout=6), "upstream was left waiting"
+    assert bridge.disconnects[0].at - closed_at < 3.5
