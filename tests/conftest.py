@@ -37,6 +37,8 @@ def bridge():
 def make_app(bridge, tmp_path):
     """Return a factory of apps wired to the fake bridge; keyword arguments override settings."""
 
+    apps = []
+
     def factory(**overrides):
         config = {
             "TESTING": True,
@@ -49,9 +51,12 @@ def make_app(bridge, tmp_path):
             "GATEWAY_HEALTH_CACHE_SECONDS": 5,
         }
         config.update(overrides)
-        return create_app(config)
+        apps.append(create_app(config))
+        return apps[-1]
 
-    return factory
+    yield factory
+    for app in apps:
+        app.extensions["router"].close()  # pooled upstream connections
 
 
 @pytest.fixture
@@ -80,12 +85,29 @@ class LiveServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.close()
-        # Close kept-alive client connections too, so waitress's loop (and this thread) ends.
-        for channel in list(self.server._map.values()):
-            channel.handle_close()
-        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        def close_all() -> None:
+            # The listener, kept-alive connections and the trigger itself: with none left the loop ends.
+            for channel in list(self.server._map.values()):
+                channel.handle_close()
+
+        # Channels belong to waitress's loop thread; closing them from here races its poll() (EBADF).
+        self.server.trigger.pull_trigger(close_all)
         self.thread.join(timeout=5)
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+
+
+@pytest.fixture
+def serve(make_app):
+    """Return a factory serving an app with setting overrides on loopback; every server stops after the test."""
+    servers: list[LiveServer] = []
+
+    def factory(**overrides) -> LiveServer:
+        servers.append(LiveServer(make_app(**overrides)))
+        return servers[-1]
+
+    yield factory
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
@@ -97,8 +119,20 @@ def live(app):
 
 
 @pytest.fixture
-def openai_client(live):
-    """The official OpenAI client pointed at the gateway, with its own retries off."""
-    client = openai.OpenAI(base_url=live.url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
-    yield client
-    client.close()
+def openai_for():
+    """Return a factory of official OpenAI clients for a served gateway (retries off), closed after the test."""
+    clients: list[openai.OpenAI] = []
+
+    def factory(server: LiveServer, api_key: str = CLIENT_KEY) -> openai.OpenAI:
+        clients.append(openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0, timeout=20))
+        return clients[-1]
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def openai_client(live, openai_for):
+    """The official OpenAI client pointed at the gateway."""
+    return openai_for(live)

@@ -166,18 +166,12 @@ def test_chat_waiting_for_refresh_is_503_with_retry_after(openai_client, bridge)
     assert caught.value.response.headers["Retry-After"] == "5"
 
 
-def test_chat_wrong_bridge_key_is_502_not_401(make_app, bridge):
-    from tests.conftest import LiveServer
-
-    server = LiveServer(make_app(LMARENA_BRIDGE_API_KEY="wrong"))
-    try:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-gw-test", max_retries=0)
-        with pytest.raises(openai.APIStatusError) as caught:
-            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
-        assert caught.value.status_code == 502
-        assert "LMARENA_BRIDGE_API_KEY" in caught.value.message
-    finally:
-        server.stop()
+def test_chat_wrong_bridge_key_is_502_not_401(serve, openai_for):
+    client = openai_for(serve(LMARENA_BRIDGE_API_KEY="wrong"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502
+    assert "LMARENA_BRIDGE_API_KEY" in caught.value.message
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -190,26 +184,19 @@ def test_chat_upstream_5xx_maps_to_gateway_5xx(openai_client, status):
     assert f"fake status {status}" in caught.value.message
 
 
-def test_chat_refused_port_is_502(make_app):
-    from tests.conftest import LiveServer
-
-    server = LiveServer(make_app(LMARENA_BRIDGE_BASE_URL="http://127.0.0.1:9"))
-    try:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-gw-test", max_retries=0)
-        for stream in (False, True):
-            with pytest.raises(openai.APIStatusError) as caught:
-                client.chat.completions.create(
-                    model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=stream
-                )
-            assert caught.value.status_code == 502
-            assert caught.value.body["code"] == "upstream_unreachable"
-            assert "connection refused" in caught.value.message
-    finally:
-        server.stop()
+def test_chat_refused_port_is_502(serve, openai_for):
+    client = openai_for(serve(LMARENA_BRIDGE_BASE_URL="http://127.0.0.1:9"))
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=stream)
+        assert caught.value.status_code == 502
+        assert caught.value.body["code"] == "upstream_unreachable"
+        assert "connection refused" in caught.value.message
 
 
-def test_chat_bad_client_key_is_401(live):
-    client = openai.OpenAI(base_url=live.url + "/v1", api_key="wrong", max_retries=0)
+def test_chat_bad_client_key_is_401(live, openai_for):
     with pytest.raises(openai.AuthenticationError) as caught:
-        client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+        openai_for(live, api_key="wrong").chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}]
+        )
     assert caught.value.body["code"] == "invalid_api_key"

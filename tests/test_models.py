@@ -8,8 +8,6 @@ import os
 import openai
 import pytest
 
-from tests.conftest import LiveServer
-
 
 def _models_file(tmp_path, mapping):
     path = tmp_path / "models.json"
@@ -43,16 +41,11 @@ def test_models_served_from_file_when_bridge_is_down(make_app, tmp_path, auth):
     assert [m["id"] for m in response.get_json()["data"]] == ["gpt-5"]
 
 
-def test_models_without_file_and_bridge_down_is_502(make_app):
-    server = LiveServer(make_app(LMARENA_BRIDGE_BASE_URL="http://127.0.0.1:9"))
-    try:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-gw-test", max_retries=0)
-        with pytest.raises(openai.APIStatusError) as caught:
-            client.models.list()
-        assert caught.value.status_code == 502
-        assert "LMARENA_BRIDGE_MODELS_FILE" in caught.value.message
-    finally:
-        server.stop()
+def test_models_without_file_and_bridge_down_is_502(serve, openai_for):
+    with pytest.raises(openai.APIStatusError) as caught:
+        openai_for(serve(LMARENA_BRIDGE_BASE_URL="http://127.0.0.1:9")).models.list()
+    assert caught.value.status_code == 502
+    assert "LMARENA_BRIDGE_MODELS_FILE" in caught.value.message
 
 
 def test_models_bridge_list_is_cached(client, auth, bridge):

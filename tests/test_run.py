@@ -46,14 +46,14 @@ def test_run_command_serves_openai_api_on_loopback(bridge):
                     break
             except requests.ConnectionError:
                 time.sleep(0.1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-run", max_retries=0)
-        text = "".join(
-            c.choices[0].delta.content or ""
-            for c in client.chat.completions.create(
-                model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-run", max_retries=0) as client:
+            text = "".join(
+                c.choices[0].delta.content or ""
+                for c in client.chat.completions.create(
+                    model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                if c.choices
             )
-            if c.choices
-        )
         assert text == "Hello from the real bridge"
     finally:
         process.terminate()

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from tests.conftest import LiveServer
 from tests.sseclient_raw import open_stream, read_frames, stream_chat
 
 
@@ -87,17 +86,14 @@ def test_stream_upstream_fault_ends_with_error_chunk_then_done(live, auth, marke
     assert result.data[-1] == "[DONE]"
 
 
-def test_stream_idle_upstream_is_ended_by_timeout(make_app, auth, bridge):
+def test_stream_idle_upstream_is_ended_by_timeout(serve, auth, bridge):
     bridge.first_chunk_delay = 4
-    server = LiveServer(make_app(LMARENA_BRIDGE_TIMEOUT=1))
-    try:
-        started = time.monotonic()
-        result = stream_chat(server.url, _body(), auth)
-        assert time.monotonic() - started < 3.5
-        assert result.json_frames()[-1]["error"]["code"] == "upstream_idle_timeout"
-        assert result.data[-1] == "[DONE]"
-    finally:
-        server.stop()
+    server = serve(LMARENA_BRIDGE_TIMEOUT=1)
+    started = time.monotonic()
+    result = stream_chat(server.url, _body(), auth)
+    assert time.monotonic() - started < 3.5
+    assert result.json_frames()[-1]["error"]["code"] == "upstream_idle_timeout"
+    assert result.data[-1] == "[DONE]"
 
 
 def test_client_disconnect_mid_stream_closes_upstream(live, auth, bridge):
