@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,44 @@ def _optional_file(value: Any) -> str:
     return str(path)
 
 
+def _path(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueError("must be a file path")
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else ROOT / path)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        word = _text(value).lower()
+        if word not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return word
+
+    return parse
+
+
+def _redis_url(value: Any) -> str:
+    url = _text(value)
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    domains = tuple(d.lower() for d in _csv(value))
+    if not domains:
+        raise ValueError("must list at least one domain")
+    bad = [d for d in domains if not _DOMAIN.fullmatch(d)]
+    if bad:
+        raise ValueError(f"has invalid domain names: {', '.join(bad)}")
+    return domains
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -123,6 +162,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_MODELS_CACHE_SECONDS", 30.0, _number),
     Setting("GATEWAY_DEFAULT_IMAGE_MODEL", "", _text),
     Setting("GATEWAY_IMAGE_MAX_N", 4, _integer),
+    Setting("STORAGE_PATH", str(ROOT / "storage" / "sessions.json"), _path),
+    Setting("SESSION_STORE", "json", _choice("json", "redis")),
+    Setting("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, secret=True),
+    Setting("GATEWAY_STORE_LOCK_TIMEOUT", 10.0, _number),
+    Setting(
+        "GATEWAY_SESSION_DOMAINS", ("lmarena.ai", "canary.lmarena.ai", "alpha.lmarena.ai", "beta.lmarena.ai"), _domains
+    ),
+    Setting("GATEWAY_CONCURRENT_SESSIONS_LIMIT", 10, _integer),
+    Setting("GATEWAY_SESSION_ACTIVE_SECONDS", 300.0, _number),
+    Setting("GATEWAY_SESSION_CLEANUP_DAYS", 30.0, _number),
+    Setting("GATEWAY_CRON_TOKEN", "", _text, secret=True),
     Setting("CORS_ORIGINS", (), _csv),
     Setting("DEBUG_MODE", False, _flag),
     Setting("LOG_REQUESTS", False, _flag),

@@ -1,0 +1,131 @@
+"""The session store contract, run against the JSON file store and a real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from app.store.base import Session, SessionLimitReached, StoreError, isoformat, parse_time, utcnow
+from app.store.json_store import JsonSessionStore
+from app.store.redis_store import RedisSessionStore
+from tests.redis_server import RedisServer
+
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["json", "redis"])
+def store(request, tmp_path):
+    if request.param == "json":
+        yield JsonSessionStore(str(tmp_path / "sessions.json"))
+        return
+    server = request.getfixturevalue("redis_server")
+    store = RedisSessionStore(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    yield store
+    store.close()
+
+
+def make(name="s1", domain="lmarena.ai", **fields) -> Session:
+    return Session(domain, name, str(uuid.uuid4()), str(uuid.uuid4()), **fields)
+
+
+def reg(store, session, now=None, limit=10):
+    now = now or utcnow()
+    return store.register(session, now=now, limit=limit, active_since=now - timedelta(minutes=5))
+
+
+def test_register_creates_then_updates(store):
+    first = make(models={"gpt-5": "983bc566-b783-4d28-b24c-3c8b08eb1086"})
+    t0 = utcnow() - HOUR
+    stored, created = reg(store, first, now=t0)
+    assert created is True
+    assert stored.created_at == stored.updated_at == stored.last_seen_at == isoformat(t0)
+    again = make(bridge_base_url="http://127.0.0.1:5999")
+    stored, created = reg(store, again)
+    assert created is False
+    assert stored.created_at == isoformat(t0)
+    assert parse_time(stored.updated_at) > t0
+    got = store.get("lmarena.ai", "s1")
+    assert (got.session_id, got.message_id) == (again.session_id, again.message_id)
+    assert got.bridge_base_url == "http://127.0.0.1:5999"
+    assert got.models == {}
+
+
+def test_same_name_on_two_domains_never_mixes(store):
+    a, b = make("team", "lmarena.ai"), make("team", "canary.lmarena.ai")
+    reg(store, a)
+    reg(store, b)
+    assert store.get("lmarena.ai", "team").session_id == a.session_id
+    assert store.get("canary.lmarena.ai", "team").session_id == b.session_id
+    assert store.delete("canary.lmarena.ai", "team") is True
+    assert store.get("lmarena.ai", "team") is not None
+    assert store.get("canary.lmarena.ai", "team") is None
+
+
+def test_list_orders_by_domain_then_name(store):
+    for domain, name in [("lmarena.ai", "b"), ("canary.lmarena.ai", "z"), ("lmarena.ai", "a")]:
+        reg(store, make(name, domain))
+    assert [(s.domain, s.session_name) for s in store.list()] == [
+        ("canary.lmarena.ai", "z"),
+        ("lmarena.ai", "a"),
+        ("lmarena.ai", "b"),
+    ]
+    assert [s.session_name for s in store.list("lmarena.ai")] == ["a", "b"]
+    assert store.list("beta.lmarena.ai") == []
+
+
+def test_heartbeat_moves_last_seen_only(store):
+    t0 = utcnow() - HOUR
+    reg(store, make(), now=t0)
+    later = utcnow()
+    seen = store.heartbeat("lmarena.ai", "s1", now=later)
+    assert seen.last_seen_at == isoformat(later)
+    assert seen.updated_at == isoformat(t0)
+    assert store.heartbeat("lmarena.ai", "nobody", now=later) is None
+
+
+def test_delete_missing_is_false(store):
+    assert store.delete("lmarena.ai", "nobody") is False
+
+
+def test_limit_counts_only_active_sessions(store):
+    now = utcnow()
+    for i in range(3):
+        reg(store, make(f"active-{i}"), now=now, limit=3)
+    reg(store, make("stale"), now=now - HOUR, limit=100)
+    with pytest.raises(SessionLimitReached) as caught:
+        reg(store, make("one-too-many"), now=now, limit=3)
+    assert caught.value.status_code == 429
+    assert "lmarena.ai" in caught.value.message
+    reg(store, make("active-1"), now=now, limit=3)  # an active session may always update itself
+    with pytest.raises(SessionLimitReached):
+        reg(store, make("stale"), now=now, limit=3)  # a stale one coming back counts as new
+    reg(store, make("other-domain", "beta.lmarena.ai"), now=now, limit=3)
+    assert store.get("lmarena.ai", "one-too-many") is None
+
+
+def test_cleanup_by_age_with_dry_run(store):
+    now = utcnow()
+    reg(store, make("old"), now=now - timedelta(days=40))
+    reg(store, make("recent"), now=now - timedelta(days=2))
+    cutoff = now - timedelta(days=30)
+    listed = store.cleanup(older_than=cutoff, dry_run=True)
+    assert [s.session_name for s in listed] == ["old"]
+    assert store.get("lmarena.ai", "old") is not None
+    removed = store.cleanup(older_than=cutoff)
+    assert [s.session_name for s in removed] == ["old"]
+    assert store.get("lmarena.ai", "old") is None
+    assert store.get("lmarena.ai", "recent") is not None
+
+
+def test_redis_down_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError):
+        RedisSessionStore("redis://127.0.0.1:9/0", timeout=0.5)
