@@ -11,8 +11,9 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import requestlog
+from . import requestlog, store
 from .api import register_blueprints
+from .cli import register_commands
 from .config import ROOT, load_settings
 from .errors import register_errorhandlers
 from .providers import router
@@ -34,6 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_services(app)
     register_blueprints(app)
     register_errorhandlers(app)
+    register_commands(app)
     requestlog.init_app(app)
     warn_if_open(app)
     return app
@@ -58,8 +60,9 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up providers and CORS."""
+    """Set up the session store, providers and CORS."""
     app.extensions["started"] = time.monotonic()
+    store.init_app(app)
     router.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:
@@ -80,6 +83,8 @@ def register_services(app: Flask) -> None:
 
 
 def warn_if_open(app: Flask) -> None:
-    """Say loudly when /v1 needs no key."""
+    """Say loudly when /v1 or the management endpoints need no key."""
     if not app.config["GATEWAY_API_KEYS"]:
         log.warning("GATEWAY_API_KEYS is not set: /v1 is open to anyone who can reach this gateway")
+    if not app.config["GATEWAY_ADMIN_KEY"]:
+        log.warning("GATEWAY_ADMIN_KEY is not set: /session management is open to anyone who can reach this gateway")

@@ -44,3 +44,15 @@ def require_client_key() -> None:
         raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
     if not key_matches(key, keys):
         raise AuthenticationError("Incorrect API key provided.")
+
+
+def require_admin() -> None:
+    """Reject a management request without the admin key, when one is configured."""
+    admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
+    if not admin_key or request.method == "OPTIONS":
+        return
+    key = request.headers.get("X-Admin-Key", "").strip() or provided_key()
+    if not key:
+        raise AuthenticationError("This endpoint needs the admin key: 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.")
+    if not key_matches(key, (admin_key,)):
+        raise AuthenticationError("Incorrect admin key provided.")

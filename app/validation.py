@@ -17,9 +17,17 @@ MAX_MODEL_LENGTH = 256
 MAX_PROMPT_LENGTH = 32000
 
 
-def read_json_body() -> dict[str, Any]:
-    """Return the request body as a JSON object (the body size is capped by MAX_CONTENT_LENGTH)."""
+def read_json_body(max_bytes: int | None = None) -> dict[str, Any]:
+    """Return the request body as a JSON object; bodies over max_bytes (or MAX_CONTENT_LENGTH) are a 413."""
+    if max_bytes is not None and (request.content_length or 0) > max_bytes:
+        raise InvalidRequestError(
+            f"Request body is too large (at most {max_bytes} bytes).", status_code=413, code="request_too_large"
+        )
     raw = request.get_data(cache=False)
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidRequestError(
+            f"Request body is too large (at most {max_bytes} bytes).", status_code=413, code="request_too_large"
+        )
     if not raw.strip():
         raise InvalidRequestError("The request body is empty; send a JSON object.", code="invalid_json")
     try:

@@ -14,6 +14,7 @@ from tests.upstreams.fake_bridge import FakeBridge
 
 CLIENT_KEY = "sk-gw-test"
 BRIDGE_KEY = "sk-lmab-test"
+ADMIN_KEY = "sk-admin-test"
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +50,8 @@ def make_app(bridge, tmp_path):
             "GATEWAY_API_KEYS": CLIENT_KEY,
             "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
             "GATEWAY_HEALTH_CACHE_SECONDS": 5,
+            "STORAGE_PATH": str(tmp_path / "storage" / "sessions.json"),
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
         }
         config.update(overrides)
         apps.append(create_app(config))
@@ -73,6 +76,12 @@ def client(app):
 def auth():
     """Headers carrying the test client key."""
     return {"Authorization": f"Bearer {CLIENT_KEY}"}
+
+
+@pytest.fixture
+def admin():
+    """Headers carrying the test admin key."""
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 class LiveServer:

@@ -51,3 +51,23 @@ def test_health_times_out_quickly_on_a_hung_bridge(make_app, bridge):
 
 def test_index_points_to_the_openai_base_url(client):
     assert client.get("/").get_json()["openai_base_url"] == "http://localhost/v1"
+
+
+def test_health_shows_session_store_and_degrades_when_it_breaks(app, client, admin):
+    client.post(
+        "/session/register",
+        headers=admin,
+        json={
+            "domain": "lmarena.ai",
+            "session_name": "a",
+            "session_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            "message_id": "4fa85f64-5717-4562-b3fc-2c963f66afa7",
+        },
+    )
+    body = client.get("/health").get_json()
+    assert body["session_store"] == {"ok": True, "backend": "json", "sessions": 1}
+    with open(app.config["STORAGE_PATH"], "w") as f:
+        f.write("{broken")
+    body = client.get("/health").get_json()
+    assert body["status"] == "degraded"
+    assert body["session_store"]["ok"] is False

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import health, v1
+from . import admin, health, sessions, v1
 
 
 def register_blueprints(app: Flask) -> None:
     """Attach every feature's blueprint."""
     app.register_blueprint(v1.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(sessions.bp)
+    app.register_blueprint(admin.bp)

@@ -7,8 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g
 
 from .. import sse
+from ..errors import NotFoundError
 from ..providers.base import ChatRequest, Provider
 from ..providers.router import get_router
+from ..sessions import session_from_headers
+from ..store import Session
 from ..streaming import ERROR, StreamPump, relay
 from ..tokens import prompt_tokens
 from ..validation import parse_chat_request, read_json_body
@@ -20,11 +23,29 @@ bp = Blueprint("chat", __name__)
 def create_chat_completion():
     """Create a chat completion; stream it as server-sent events when the client asks."""
     chat = parse_chat_request(read_json_body(), current_app.config["GATEWAY_MAX_MESSAGES"])
-    provider = get_router().for_chat(chat)
+    session = session_from_headers()
+    if session is not None:
+        apply_session(chat, session)
+    provider = get_router().for_chat(chat, session.bridge_base_url if session else None)
     g.provider, g.model = provider.name, chat.model
     if chat.stream:
         return _stream(provider, chat)
     return _complete(provider.chat(chat), chat)
+
+
+def apply_session(chat: ChatRequest, session: Session) -> None:
+    """Forward the session's LMArena ids, and hold the model to the session's models map when it has one."""
+    chat.extra["session_id"] = session.session_id
+    chat.extra["message_id"] = session.message_id
+    if session.models:
+        if chat.model not in session.models:
+            raise NotFoundError(
+                f"The model '{chat.model}' is not in session '{session.session_name}' on {session.domain}; "
+                f"it serves: {', '.join(sorted(session.models))}.",
+                param="model",
+                code="model_not_found",
+            )
+        chat.extra["target_model_id"] = session.models[chat.model]
 
 
 def _complete(data: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, url_for
 
 from ..providers.router import get_router
+from ..store import StoreError, get_store
 from ..version import __version__
 
 bp = Blueprint("health", __name__)
@@ -19,7 +20,11 @@ OPEN_WARNING = "GATEWAY_API_KEYS is not set: /v1 is open to anyone who can reach
 def health():
     """Report status, version, time, auth mode and each upstream's reachability (cached a few seconds)."""
     upstreams = get_router().health()
-    all_ok = all(entry["ok"] for entry in upstreams.values())
+    try:
+        store = {"ok": True, **get_store().describe()}
+    except StoreError as exc:
+        store = {"ok": False, "error": exc.message}
+    all_ok = store["ok"] and all(entry["ok"] for entry in upstreams.values())
     body = {
         "status": "ok" if all_ok else "degraded",
         "version": __version__,
@@ -27,6 +32,7 @@ def health():
         "uptime_seconds": round(time.monotonic() - current_app.extensions["started"], 1),
         "auth": "api_key" if current_app.config["GATEWAY_API_KEYS"] else "open",
         "upstreams": upstreams,
+        "session_store": store,
     }
     if not current_app.config["GATEWAY_API_KEYS"]:
         body["warnings"] = [OPEN_WARNING]
@@ -40,5 +46,5 @@ def index():
         "name": "LMArena AI Gateway",
         "version": __version__,
         "openai_base_url": url_for("v1.models.list_models", _external=True).removesuffix("/models"),
-        "endpoints": ["/v1/chat/completions", "/v1/images/generations", "/v1/models", "/health"],
+        "endpoints": ["/v1/chat/completions", "/v1/images/generations", "/v1/models", "/health", "/session/list"],
     }

@@ -13,6 +13,7 @@ from ..errors import InvalidRequestError, UpstreamError
 from ..providers.base import ChatRequest
 from ..providers.lmarena_bridge import LMArenaBridge
 from ..providers.router import get_router
+from ..sessions import session_from_headers
 from ..validation import ImageRequest, parse_image_request, read_json_body
 
 bp = Blueprint("images", __name__)
@@ -26,15 +27,17 @@ DOWNLOAD_TIMEOUT = (5.0, 30.0)
 def create_image():
     """Generate images from a prompt with an LMArena image model."""
     image = parse_image_request(read_json_body(), current_app.config["GATEWAY_IMAGE_MAX_N"])
-    bridge = get_router().bridge
+    session = session_from_headers()
+    bridge = get_router().bridge_for(session.bridge_base_url if session else None)
     model = _image_model(image, bridge)
     g.provider, g.model = bridge.name, model
     urls: list[str] = []
     # One bridge call yields one image; n calls at most, stopping early if a call yields several.
+    extra = {"session_id": session.session_id, "message_id": session.message_id} if session else {}
     for _ in range(image.n):
         if len(urls) >= image.n:
             break
-        urls.extend(_generate(bridge, model, image.prompt))
+        urls.extend(_generate(bridge, model, image.prompt, extra))
     urls = urls[: image.n]
     if image.response_format == "b64_json":
         data = [{"b64_json": _download_b64(url)} for url in urls]
@@ -62,9 +65,9 @@ def _image_model(image: ImageRequest, bridge: LMArenaBridge) -> str:
     return model
 
 
-def _generate(bridge: LMArenaBridge, model: str, prompt: str) -> list[str]:
+def _generate(bridge: LMArenaBridge, model: str, prompt: str, extra: dict[str, str]) -> list[str]:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
-    completion = bridge.chat(ChatRequest(body=body, model=model))
+    completion = bridge.chat(ChatRequest(body=body, model=model, extra=extra))
     message = completion["choices"][0].get("message") if completion["choices"] else None
     text = message.get("content") if isinstance(message, dict) else None
     urls = IMAGE_MARKDOWN.findall(text) if isinstance(text, str) else []

@@ -6,20 +6,33 @@ from flask import Blueprint
 
 from ..errors import NotFoundError
 from ..providers.router import get_router
+from ..sessions import session_from_headers
+from ..store.base import parse_time
 
 bp = Blueprint("models", __name__)
 
 
+def _models() -> list[dict]:
+    session = session_from_headers()
+    if session is None:
+        return get_router().models()
+    bridge = get_router().bridge_for(session.bridge_base_url)
+    if session.models:
+        created = int(parse_time(session.updated_at).timestamp())
+        return [{"id": name, "object": "model", "created": created, "owned_by": bridge.name} for name in session.models]
+    return bridge.models()
+
+
 @bp.get("/models")
 def list_models():
-    """List the models the gateway can route to."""
-    return {"object": "list", "data": get_router().models()}
+    """List the models the gateway can route to (a session's own when X-Session-Name is sent)."""
+    return {"object": "list", "data": _models()}
 
 
 @bp.get("/models/<path:model_id>")
 def retrieve_model(model_id: str):
     """Describe one model."""
-    for model in get_router().models():
+    for model in _models():
         if model["id"] == model_id:
             return model
     raise NotFoundError(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")

@@ -1,0 +1,71 @@
+"""/session: register, list, show, delete and heartbeat named LMArena sessions (admin key when configured)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, request
+
+from ..auth import require_admin
+from ..errors import NotFoundError
+from ..sessions import active_since, check_domain, check_name, parse_registration, to_api
+from ..store import get_store
+from ..store.base import utcnow
+from ..validation import read_json_body
+
+bp = Blueprint("sessions", __name__, url_prefix="/session")
+bp.before_request(require_admin)
+
+# A registration is a few hundred bytes; there is no reason to accept megabytes.
+MAX_BODY = 64 * 1024
+
+
+def _missing(domain: str, name: str) -> NotFoundError:
+    return NotFoundError(f"No session '{name}' on {domain}.", param="session_name", code="session_not_found")
+
+
+@bp.post("/register")
+def register():
+    """Create or update a session, marking it seen; 201 when new."""
+    session = parse_registration(read_json_body(MAX_BODY))
+    now = utcnow()
+    stored, created = get_store().register(
+        session, now=now, limit=current_app.config["GATEWAY_CONCURRENT_SESSIONS_LIMIT"], active_since=active_since()
+    )
+    return {"session": to_api(stored), "created": created}, 201 if created else 200
+
+
+@bp.post("/heartbeat")
+def heartbeat():
+    """Mark a session seen now, so it keeps counting as active."""
+    body = read_json_body(MAX_BODY)
+    domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
+    session = get_store().heartbeat(domain, name, now=utcnow())
+    if session is None:
+        raise _missing(domain, name)
+    return {"session": to_api(session)}
+
+
+@bp.get("/list")
+def list_sessions():
+    """List sessions, of one domain with ?domain=."""
+    domain = request.args.get("domain")
+    sessions = get_store().list(check_domain(domain) if domain else None)
+    return {"object": "list", "data": [to_api(s) for s in sessions], "count": len(sessions)}
+
+
+@bp.get("/<domain>/<name>")
+def show(domain: str, name: str):
+    """Show one session."""
+    domain, name = check_domain(domain), check_name(name)
+    session = get_store().get(domain, name)
+    if session is None:
+        raise _missing(domain, name)
+    return {"session": to_api(session)}
+
+
+@bp.delete("/<domain>/<name>")
+def delete(domain: str, name: str):
+    """Delete one session."""
+    domain, name = check_domain(domain), check_name(name)
+    if not get_store().delete(domain, name):
+        raise _missing(domain, name)
+    return {"deleted": True, "domain": domain, "session_name": name}

@@ -1,0 +1,120 @@
+"""Named sessions: what a valid one looks like, and which one a /v1 request asks for."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import current_app, g, request
+
+from .errors import InvalidRequestError, NotFoundError
+from .store import Session, get_store
+from .store.base import utcnow
+
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_MODELS = 500
+MAX_MODEL_NAME = 256
+MAX_URL = 2048
+
+
+def _bad(param: str, message: str, value: Any = None, code: str = "invalid_request") -> InvalidRequestError:
+    if value is not None:
+        shown = value if isinstance(value, str) else repr(value)
+        message += f"; got {shown[:80]!r}" + ("..." if len(shown) > 80 else "")
+    return InvalidRequestError(f"'{param}' {message}.", param=param, code=code)
+
+
+def check_name(value: Any, param: str = "session_name") -> str:
+    """Return a valid session name: 1-64 letters, digits, '.', '_' or '-', not only dots."""
+    if not isinstance(value, str) or not NAME.fullmatch(value) or not value.strip("."):
+        raise _bad(param, "must be 1-64 characters of letters, digits, '.', '_' or '-'", value, "invalid_session_name")
+    return value
+
+
+def check_domain(value: Any, param: str = "domain") -> str:
+    """Return one of the configured LMArena domains."""
+    domains = current_app.config["GATEWAY_SESSION_DOMAINS"]
+    domain = value.strip().lower() if isinstance(value, str) else None
+    if domain not in domains:
+        raise _bad(param, f"must be one of {', '.join(domains)}", value, "invalid_domain")
+    return domain
+
+
+def check_uuid(value: Any, param: str) -> str:
+    """Return an LMArena id: a UUID, in its canonical lowercase form."""
+    try:
+        parsed = uuid.UUID(value) if isinstance(value, str) and len(value) == 36 else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise _bad(param, "must be a UUID like 3fa85f64-5717-4562-b3fc-2c963f66afa6", value)
+    return str(parsed)
+
+
+def check_base_url(value: Any) -> str | None:
+    """Return a bridge base URL (http or https, no /v1), or None when absent."""
+    if value in (None, ""):
+        return None
+    parts = urlsplit(value) if isinstance(value, str) and len(value) <= MAX_URL else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise _bad("bridge_base_url", "must be an http:// or https:// URL without query", value)
+    url = value.rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+def check_models(value: Any) -> dict[str, str]:
+    """Return a models map like LMArenaBridge's models.json: model name -> LMArena model id."""
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_MODELS:
+        raise _bad("models", f"must be an object of at most {MAX_MODELS} model name -> LMArena model id")
+    for name, model_id in value.items():
+        if not name or len(name) > MAX_MODEL_NAME or not isinstance(model_id, str) or len(model_id) > 100:
+            raise _bad("models", "must map non-empty model names to LMArena model id strings", name)
+    return dict(value)
+
+
+def parse_registration(body: dict[str, Any]) -> Session:
+    """Return the Session a registration body describes, or raise InvalidRequestError."""
+    return Session(
+        domain=check_domain(body.get("domain")),
+        session_name=check_name(body.get("session_name")),
+        session_id=check_uuid(body.get("session_id"), "session_id"),
+        message_id=check_uuid(body.get("message_id"), "message_id"),
+        bridge_base_url=check_base_url(body.get("bridge_base_url")),
+        models=check_models(body.get("models")),
+    )
+
+
+def active_since():
+    """Return the moment after which a heartbeat makes a session count as active."""
+    return utcnow() - timedelta(seconds=current_app.config["GATEWAY_SESSION_ACTIVE_SECONDS"])
+
+
+def to_api(session: Session) -> dict[str, Any]:
+    """Return a session as the API shows it."""
+    return {**session.to_dict(), "active": session.seen_since(active_since())}
+
+
+def session_from_headers() -> Session | None:
+    """Return the session named by X-Session-Name (+ X-Target-Domain, default the first domain), or None."""
+    name = request.headers.get("X-Session-Name")
+    domain = request.headers.get("X-Target-Domain")
+    if name is None:
+        if domain is not None:
+            raise InvalidRequestError("X-Target-Domain needs X-Session-Name.", param="X-Session-Name")
+        return None
+    name = check_name(name, "X-Session-Name")
+    domain = check_domain(domain, "X-Target-Domain") if domain else current_app.config["GATEWAY_SESSION_DOMAINS"][0]
+    session = get_store().get(domain, name)
+    if session is None:
+        raise NotFoundError(
+            f"No session '{name}' on {domain}. Register it first (POST /session/register or the userscript).",
+            param="X-Session-Name",
+            code="session_not_found",
+        )
+    g.session = f"{domain}/{name}"
+    return session

@@ -1,0 +1,108 @@
+"""Session clean-up: the cron endpoint, its token, and the flask command, on the same code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from app.store import get_store
+from app.store.base import Session, utcnow
+from app.store.json_store import JsonSessionStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "cron-secret"
+
+
+def seed(store, name, days_ago):
+    when = utcnow() - timedelta(days=days_ago)
+    store.register(
+        Session("lmarena.ai", name, str(uuid.uuid4()), str(uuid.uuid4())), now=when, limit=100, active_since=when
+    )
+
+
+@pytest.fixture
+def cron_app(make_app):
+    app = make_app(GATEWAY_CRON_TOKEN=TOKEN)
+    with app.app_context():
+        seed(get_store(), "old", 45)
+        seed(get_store(), "recent", 3)
+    return app
+
+
+def names(app):
+    with app.app_context():
+        return [s.session_name for s in get_store().list()]
+
+
+def test_cron_cleanup_removes_sessions_older_than_the_setting(cron_app):
+    response = cron_app.test_client().post("/cron/cleanup", headers={"X-Cron-Token": TOKEN})
+    assert response.status_code == 200
+    result = response.get_json()
+    assert result["days"] == 30 and result["dry_run"] is False
+    assert [s["session_name"] for s in result["sessions"]["removed"]] == ["old"]
+    assert names(cron_app) == ["recent"]
+
+
+def test_cron_cleanup_dry_run_and_days_by_query(cron_app):
+    client = cron_app.test_client()
+    result = client.get(f"/cron/cleanup?token={TOKEN}&days=1&dry_run=1").get_json()
+    assert result["sessions"]["count"] == 2 and result["dry_run"] is True
+    assert names(cron_app) == ["old", "recent"]
+    assert client.get(f"/cron/cleanup?token={TOKEN}&days=-3").status_code == 400
+    assert client.get(f"/cron/cleanup?token={TOKEN}&days=soon").status_code == 400
+
+
+@pytest.mark.parametrize(
+    "headers,query",
+    [({}, ""), ({"X-Cron-Token": "wrong"}, ""), ({}, "?token=wrong"), ({"Authorization": "Bearer sk-admin-test"}, "")],
+)
+def test_cron_cleanup_needs_the_cron_token(cron_app, headers, query):
+    response = cron_app.test_client().post("/cron/cleanup" + query, headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "invalid_cron_token"
+    assert names(cron_app) == ["old", "recent"]
+
+
+def test_cron_cleanup_is_disabled_without_a_token(client):
+    response = client.post("/cron/cleanup", headers={"X-Cron-Token": ""})
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "cron_disabled"
+
+
+def test_cli_cleanup_sessions_dry_run_then_real(cron_app):
+    runner = cron_app.test_cli_runner()
+    dry = runner.invoke(args=["cleanup-sessions", "--days", "10", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["sessions"]["count"] == 1
+    assert names(cron_app) == ["old", "recent"]
+    real = runner.invoke(args=["cleanup-sessions", "--days", "10"])
+    assert json.loads(real.output)["sessions"]["removed"][0]["session_name"] == "old"
+    assert names(cron_app) == ["recent"]
+    assert runner.invoke(args=["cleanup-sessions", "--days", "-1"]).exit_code != 0
+
+
+def test_documented_flask_command_runs_against_the_store(tmp_path):
+    path = tmp_path / "sessions.json"
+    store = JsonSessionStore(str(path))
+    seed(store, "old", 400)
+    seed(store, "fresh", 0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LMARENA_", "GATEWAY_"))}
+    env.update(GATEWAY_ENV_FILE="", STORAGE_PATH=str(path))
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "passenger_wsgi", "cleanup-sessions", "--days", "30"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sessions"]["removed"][0]["session_name"] == "old"
+    assert [s.session_name for s in JsonSessionStore(str(path)).list()] == ["fresh"]
