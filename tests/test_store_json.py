@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,20 +56,27 @@ class ValidityWatcher(threading.Thread):
                 self.invalid.append(repr(exc))
 
 
+@contextmanager
+def watching(path: Path):
+    """Check the store file stays valid JSON for as long as the block runs."""
+    watcher = ValidityWatcher(path)
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop.set()
+        watcher.join()
+
+
 def _acknowledged(tmp_path) -> set[str]:
     return {line for ack in tmp_path.glob("ack-*.txt") for line in ack.read_text().split()}
 
 
 def test_eight_processes_lose_no_registration(tmp_path):
     path = tmp_path / "sessions.json"
-    watcher = ValidityWatcher(path)
-    watcher.start()
-    workers = _workers(path, tmp_path, count=8, per_worker=200)
-    try:
+    with watching(path) as watcher:
+        workers = _workers(path, tmp_path, count=8, per_worker=200)
         assert [w.wait(timeout=240) for w in workers] == [0] * 8
-    finally:
-        watcher.stop.set()
-        watcher.join()
     names = {s.session_name for s in JsonSessionStore(str(path)).list("lmarena.ai")}
     assert len(names) == 1600
     assert names == _acknowledged(tmp_path)
@@ -78,19 +86,14 @@ def test_eight_processes_lose_no_registration(tmp_path):
 
 def test_sigkill_mid_run_leaves_a_valid_file_and_every_acknowledged_write(tmp_path):
     path = tmp_path / "sessions.json"
-    watcher = ValidityWatcher(path)
-    watcher.start()
-    workers = _workers(path, tmp_path, count=8, per_worker=400)
-    try:
+    with watching(path) as watcher:
+        workers = _workers(path, tmp_path, count=8, per_worker=400)
         deadline = time.monotonic() + 60
         while len(_acknowledged(tmp_path)) < 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         for worker in workers[:4]:
             worker.send_signal(signal.SIGKILL)
         results = [w.wait(timeout=240) for w in workers]
-    finally:
-        watcher.stop.set()
-        watcher.join()
     assert results[:4] == [-signal.SIGKILL] * 4 and results[4:] == [0] * 4
     stored = {s.session_name for s in JsonSessionStore(str(path)).list("lmarena.ai")}
     assert _acknowledged(tmp_path) <= stored
