@@ -21,6 +21,7 @@ from app import create_app
 from app.config import ConfigError
 from app.store.base import Session, StoreError, utcnow
 from app.store.json_store import JsonSessionStore, StoreCorrupt
+from app.store.jsonfile import LockedJsonFile
 
 WORKER = str(Path(__file__).with_name("store_worker.py"))
 
@@ -172,8 +173,8 @@ def test_reads_reuse_the_parsed_file_until_it_changes(tmp_path, monkeypatch):
         Session("lmarena.ai", "a", str(uuid.uuid4()), str(uuid.uuid4())), now=now, limit=10, active_since=now
     )
     parses = []
-    original = JsonSessionStore._parse
-    monkeypatch.setattr(JsonSessionStore, "_parse", lambda self: parses.append(1) or original(self))
+    original = LockedJsonFile._parse
+    monkeypatch.setattr(LockedJsonFile, "_parse", lambda self: parses.append(1) or original(self))
     for _ in range(100):
         assert reader.get("lmarena.ai", "a") is not None
     assert len(parses) == 1
