@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.upstreams.captures import Capture, capture_paths, load_capture
+from tests.upstreams import replay
 from tests.upstreams.fake_bridge import NO_BROWSER, TOO_LARGE, WAITING_FOR_REFRESH, FakeBridge
+from tests.upstreams.replay import CREATED, find_capture
 
 CHUNK_DELAY = 0.02
 HANG_SECONDS = 0.3
@@ -25,38 +26,11 @@ CAPTURE_FLAGS = {
     "lmab_waiting_for_refresh": {"waiting_for_refresh": True},
 }
 RESPONSE_ID = re.compile(rb"chatcmpl-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-CREATED = re.compile(rb'("created": ?)(\d+)')
 
 
 def normalise(body: bytes) -> bytes:
     """Blank out what differs from run to run: response ids and `created` timestamps."""
-    return CREATED.sub(rb"\g<1>0", RESPONSE_ID.sub(b"chatcmpl-ID", body))
-
-
-def capture_names() -> list[str]:
-    """Return the lmab capture names, or one placeholder so a missing folder fails instead of skipping."""
-    try:
-        return [path.stem for path in capture_paths("lmab_")]
-    except FileNotFoundError:
-        return ["lmab_captures_missing"]
-
-
-def find_capture(name: str) -> Capture:
-    """Load a capture by name, failing the test clearly when the folder is missing."""
-    try:
-        paths = {path.stem: path for path in capture_paths("lmab_")}
-    except FileNotFoundError as exc:
-        pytest.fail(f"upstream captures are required: {exc}")
-    return load_capture(paths[name])
-
-
-def read_pieces(resp: requests.Response) -> Iterator[tuple[float, bytes]]:
-    """Yield (monotonic time, bytes) per HTTP chunk, or the whole body once when it has a content-length."""
-    if resp.headers.get("transfer-encoding") == "chunked":
-        for chunk in resp.raw.read_chunked(decode_content=False):
-            yield time.monotonic(), chunk
-    else:
-        yield time.monotonic(), resp.raw.read(decode_content=False)
+    return replay.normalise(body, RESPONSE_ID)
 
 
 def chat(bridge: FakeBridge, text: str | list[dict[str, str]], **extra: object) -> requests.Response:
@@ -73,27 +47,17 @@ def bridge() -> Iterator[FakeBridge]:
     assert not fake.errors
 
 
-@pytest.mark.parametrize("name", capture_names())
+@pytest.mark.parametrize("name", replay.capture_names("lmab_"))
 def test_fake_bridge_replays_capture(bridge: FakeBridge, name: str) -> None:
-    capture = find_capture(name)
+    capture = find_capture("lmab_", name)
     for attr, value in CAPTURE_FLAGS.get(name, {}).items():
         setattr(bridge, attr, value)
-    started = time.monotonic()
-    with requests.request(
-        capture.method,
-        bridge.url + capture.path,
-        headers=capture.request_headers,
-        data=capture.request_body,
-        stream=True,
-        timeout=5,
-    ) as resp:
-        pieces = list(read_pieces(resp))
-        headers = [(key.lower(), value) for key, value in resp.raw.headers.items() if key.lower() != "date"]
-    body = b"".join(chunk for _, chunk in pieces)
+    answer = replay.replay(bridge.url, capture)
+    started, pieces, body = answer.started, answer.pieces, answer.body
     expected = capture.body.replace(b"after 3 seconds", f"after {int(HANG_SECONDS)} seconds".encode())
 
-    assert resp.status_code == capture.status
-    assert headers == list(capture.response_headers.items())
+    assert answer.status == capture.status
+    assert answer.headers == list(capture.response_headers.items())
     assert normalise(body) == normalise(expected)
     assert [len(chunk) for _, chunk in pieces] == [size for _, size in capture.pieces]
     assert len(set(RESPONSE_ID.findall(body))) == len(set(RESPONSE_ID.findall(capture.body)))

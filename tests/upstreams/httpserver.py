@@ -14,6 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from .script import CHAT_PATH, Delay, Refuse, Stall, Status, Step, check_steps, play_step, take_step
+
+__all__ = ["Delay", "FakeUpstream", "RecordedRequest", "Refuse", "Stall", "Status", "UpstreamHandler", "compact_json"]
+
 # Every wait is cut into slices this long so stop() and a client hanging up are noticed quickly.
 POLL_SECONDS = 0.02
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -27,7 +31,7 @@ class _Aborted(Exception):
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the fake upstream received it (header names lowercased)."""
+    """One request as the fake upstream received it (header names lowercased), and the scripted step it got."""
 
     method: str
     path: str
@@ -35,6 +39,7 @@ class RecordedRequest:
     body: bytes
     json: Any
     received_at: float
+    served: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,12 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         self.headers_sent = False
         self._streaming = False
         self._gone = False
+        self.stall: Stall | None = None
+        self._chunks = 0
         try:
-            self.record = self.upstream._record_request(self, self._read_body())
-            self.upstream.handle(self)
+            self.record, step = self.upstream._record_request(self, self._read_body())
+            if step is None or not play_step(self, step):
+                self.upstream.handle(self)
         except _Aborted:
             self.close_connection = True
         except Exception as exc:  # a bug in a fake must not hang the client: answer 500 like uvicorn does
@@ -158,21 +166,35 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         body = payload if isinstance(payload, bytes) else compact_json(payload)
         self.send_body(status, body, "application/json", headers)
 
-    def start_stream(self, status: int = 200, content_type: str = "text/event-stream; charset=utf-8") -> None:
-        """Send headers for a chunked streaming response."""
+    def start_stream(
+        self, status: int = 200, content_type: str = "text/event-stream; charset=utf-8", headers: Headers = ()
+    ) -> None:
+        """Send headers for a chunked streaming response (`headers` go before content-type)."""
         self._streaming = True
         self.upstream._count_stream(+1)
-        self.send_head(
-            status, [("content-type", content_type), *self.upstream.extra_headers, ("transfer-encoding", "chunked")]
-        )
+        head = [*headers, ("content-type", content_type), *self.upstream.extra_headers]
+        self.send_head(status, [*head, ("transfer-encoding", "chunked")])
 
     def write_chunk(self, data: bytes) -> None:
         """Send one HTTP chunk (empty data is skipped: a zero-length chunk would end the body)."""
         if data:
+            self.before_chunk(self._chunks)
+            self._chunks += 1
             self.write(b"%x\r\n%s\r\n" % (len(data), data))
 
+    def before_chunk(self, index: int) -> None:
+        """Hook run before chunk number `index` (from 0) of a chunked body: plays a scripted Stall."""
+        if self.stall is not None and index >= self.stall.after_chunks:
+            self._play_stall()
+
+    def _play_stall(self) -> None:
+        stall, self.stall = self.stall, None
+        if stall is not None:
+            self.wait(stall.seconds)
+
     def end_stream(self) -> None:
-        """Send the terminating zero-length chunk."""
+        """Send the terminating zero-length chunk, after any Stall the body was too short to reach."""
+        self._play_stall()
         self.write(b"0\r\n\r\n")
 
     def drop_connection(self) -> None:
@@ -222,6 +244,8 @@ class UpstreamHandler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 drops a burst of parallel connects, which then retry only after 1 s.
+    request_queue_size = 128
 
     def __init__(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
@@ -245,6 +269,7 @@ class FakeUpstream:
         self.disconnects: list[Disconnect] = []
         self.errors: list[BaseException] = []
         self.open_streams = 0
+        self._scripted: list[tuple[str | None, Step]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -255,6 +280,24 @@ class FakeUpstream:
     def handle(self, handler: UpstreamHandler) -> None:
         """Answer one request; the default is FastAPI's 404."""
         handler.send_json(404, {"detail": "Not Found"})
+
+    def script(self, *steps: Step, path: str | None = CHAT_PATH) -> None:
+        """Queue one-shot steps, each answering the next request to `path` (None: any path) before `handle`."""
+        checked = check_steps(steps)
+        with self._lock:
+            self._scripted.extend((path, step) for step in checked)
+
+    @property
+    def served(self) -> list[str | None]:
+        """Return, per recorded request in order, the name of the scripted step that served it (None: normal)."""
+        with self._lock:
+            return [record.served for record in self.requests]
+
+    @property
+    def pending_steps(self) -> list[Step]:
+        """Return the scripted steps not consumed yet."""
+        with self._lock:
+            return [step for _, step in self._scripted]
 
     def start(self) -> Self:
         """Bind a free loopback port and serve from a daemon thread."""
@@ -316,7 +359,7 @@ class FakeUpstream:
             time.sleep(0.005)
         return True
 
-    def _record_request(self, handler: UpstreamHandler, body: bytes) -> RecordedRequest:
+    def _record_request(self, handler: UpstreamHandler, body: bytes) -> tuple[RecordedRequest, Step | None]:
         headers: dict[str, str] = {}
         for name, value in handler.headers.items():
             key = name.lower()
@@ -325,10 +368,13 @@ class FakeUpstream:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        record = RecordedRequest(handler.command, handler.path, headers, body, parsed, time.monotonic())
-        with self._lock:
+        with self._lock:  # one lock for both, so `served` lines up with `requests` and no step is served twice
+            step = take_step(self._scripted, handler.route_path)
+            record = RecordedRequest(
+                handler.command, handler.path, headers, body, parsed, time.monotonic(), step.name if step else None
+            )
             self.requests.append(record)
-        return record
+        return record, step
 
     def _record_disconnect(self, path: str) -> None:
         with self._lock:
