@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -31,6 +32,9 @@ def _url(value: Any) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")
+    if parts.username or parts.password:
+        # requests would turn them into Basic auth, replacing the upstream's Bearer key.
+        raise ValueError("must not contain user:password; put the key in the matching *_API_KEY setting")
     return url
 
 
@@ -54,6 +58,39 @@ def _integer(value: Any) -> int:
     if number <= 0:
         raise ValueError("must be a positive whole number")
     return int(number)
+
+
+def _count(value: Any) -> int:
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number (0 or more)") from None
+    if not number.is_integer() or not 0 <= number <= 10:
+        raise ValueError("must be a whole number from 0 to 10")
+    return int(number)
+
+
+# Names a route may use for each provider: its X-Provider value or its own name.
+PROVIDER_NAMES = {"bridge_direct": "lmarena_bridge", "lmarena_bridge": "lmarena_bridge", "yupp2api": "yupp2api"}
+
+
+def _routes(value: Any) -> dict[str, tuple[str, ...]]:
+    """Parse {"model id": ["provider", ...]} (JSON: yupp2Api model ids hold newlines and emoji)."""
+    if isinstance(value, str) and not value.strip():
+        return {}
+    try:
+        routes = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError('must be JSON like {"gpt-5": ["bridge_direct", "yupp2api"]}') from None
+    if not isinstance(routes, dict):
+        raise ValueError('must be a JSON object like {"gpt-5": ["bridge_direct", "yupp2api"]}')
+    parsed = {}
+    for model, names in routes.items():
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not names or any(n not in PROVIDER_NAMES for n in names):
+            raise ValueError(f"route for {model!r} must list providers from {', '.join(PROVIDER_NAMES)}")
+        parsed[model] = tuple(PROVIDER_NAMES[n] for n in names)
+    return parsed
 
 
 def _port(value: Any) -> int:
@@ -142,13 +179,30 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
+    Setting("LMARENA_BRIDGE_ENABLED", True, _flag),
     Setting("LMARENA_BRIDGE_BASE_URL", "http://127.0.0.1:5102", _url),
     Setting("LMARENA_BRIDGE_API_KEY", "", _text, secret=True),
     Setting("LMARENA_BRIDGE_TIMEOUT", 180.0, _number),
+    Setting("LMARENA_BRIDGE_IDLE_TIMEOUT", 120.0, _number),
     Setting("LMARENA_BRIDGE_CONNECT_TIMEOUT", 5.0, _number),
+    Setting("LMARENA_BRIDGE_MAX_RETRIES", 1, _count),
     Setting("LMARENA_BRIDGE_MODELS_FILE", "", _optional_file),
     Setting("LMARENA_BRIDGE_CONFIG_FILE", "", _optional_file),
     Setting("LMARENA_BRIDGE_MODEL_MAP_FILE", "", _optional_file),
+    Setting("YUPP2API_ENABLED", False, _flag),
+    Setting("YUPP2API_BASE_URL", "http://127.0.0.1:8001", _url),
+    Setting("YUPP2API_API_KEY", "", _text, secret=True),
+    Setting("YUPP2API_TIMEOUT", 120.0, _number),
+    Setting("YUPP2API_IDLE_TIMEOUT", 60.0, _number),
+    Setting("YUPP2API_CONNECT_TIMEOUT", 5.0, _number),
+    Setting("YUPP2API_MAX_RETRIES", 2, _count),
+    Setting("GATEWAY_MODEL_ROUTES", {}, _routes),
+    Setting("GATEWAY_REQUEST_BUDGET_SECONDS", 300.0, _number),
+    Setting("GATEWAY_RETRY_BASE_DELAY", 0.5, _number),
+    Setting("GATEWAY_RETRY_MAX_DELAY", 8.0, _number),
+    Setting("GATEWAY_RETRY_AFTER_CAP", 10.0, _number),
+    Setting("GATEWAY_BREAKER_FAILURES", 5, _integer),
+    Setting("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0, _number),
     Setting("GATEWAY_API_KEYS", (), _csv, secret=True),
     Setting("GATEWAY_ADMIN_KEY", "", _text, secret=True),
     Setting("GATEWAY_HOST", "127.0.0.1", _text),
@@ -181,6 +235,13 @@ SETTINGS: tuple[Setting, ...] = (
 SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if s.secret)
 
 
+def _shown(setting: Setting, raw: Any) -> str:
+    """Return a bad value as it may appear in an error: secrets hidden, URL passwords masked."""
+    if setting.secret:
+        return "<hidden>"
+    return re.sub(r"(://[^/@\s]*:)[^/@\s]*@", r"\1***@", repr(raw))
+
+
 def load_settings(
     test_config: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -208,8 +269,7 @@ def load_settings(
         try:
             settings[setting.name] = setting.parse(raw) if raw is not setting.default else setting.default
         except (TypeError, ValueError) as exc:
-            shown = "<hidden>" if setting.secret else repr(raw)
-            raise ConfigError(f"{setting.name}={shown} {exc}") from None
+            raise ConfigError(f"{setting.name}={_shown(setting, raw)} {exc}") from None
     # test_config may carry keys that are not settings (TESTING, service overrides): keep them.
     for key, value in (test_config or {}).items():
         settings.setdefault(key, value)

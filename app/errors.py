@@ -10,6 +10,10 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 
+# Statuses worth trying again (LiteLLM, OpenAI's SDK and Portkey agree on these).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 class GatewayError(Exception):
     """Base of every error the gateway reports to a client."""
 
@@ -25,6 +29,7 @@ class GatewayError(Exception):
         code: str | None = None,
         status_code: int | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -34,6 +39,22 @@ class GatewayError(Exception):
         if status_code is not None:
             self.status_code = status_code
         self.retry_after = retry_after
+        self._retryable = retryable
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same provider may succeed if asked again shortly."""
+        return self.status_code in RETRY_STATUSES if self._retryable is None else self._retryable
+
+    @property
+    def provider_fault(self) -> bool:
+        """Whether the provider (not the request) failed: counts against its health, and another may be tried."""
+        return self.status_code in RETRY_STATUSES or self.code == "upstream_auth_failed"
+
+    @property
+    def fallback(self) -> bool:
+        """Whether another provider that serves the model should be tried."""
+        return self.provider_fault or self.code == "model_not_found"
 
     def to_dict(self) -> dict:
         """Return the OpenAI error body."""

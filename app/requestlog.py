@@ -33,6 +33,8 @@ def _finish(response):
     provider = g.get("provider")
     if provider:
         response.headers["X-Gateway-Provider"] = provider
+    if g.get("attempts"):
+        response.headers["X-Gateway-Attempts"] = str(g.attempts)
     if current_app.config["LOG_REQUESTS"]:
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         # repr() keeps model ids with newlines or emoji on one line; keys and bodies are never logged.

@@ -59,8 +59,16 @@ def check_base_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
     parts = urlsplit(value) if isinstance(value, str) and len(value) <= MAX_URL else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise _bad("bridge_base_url", "must be an http:// or https:// URL without query", value)
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    ):
+        raise _bad("bridge_base_url", "must be an http:// or https:// URL without user:password or query", value)
     url = value.rstrip("/")
     return url[:-3] if url.endswith("/v1") else url
 

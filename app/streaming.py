@@ -6,12 +6,13 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from . import sse
 from .errors import GatewayError
 from .providers.base import ChatRequest, ChatStream, Chunk
+from .providers.dispatch import Dispatcher
 from .providers.http import ensure_gateway_error
 from .tokens import estimate_tokens, prompt_tokens
 
@@ -28,36 +29,47 @@ class StreamPump:
     """Read a provider stream on a background thread, so the response can wait for it with a timeout.
 
     Under Passenger a client that went away is only noticed when the response writes; reading the upstream
-    here lets the response write keep-alives while a slow model thinks, and close the upstream at once.
+    here lets the response write keep-alives while a slow model thinks, and close the upstream at once. Retries
+    and fallback to another provider happen here too, until the first content arrives.
     """
 
-    def __init__(self, open_stream: Callable[[], ChatStream], label: str, maxsize: int = 64) -> None:
+    def __init__(self, dispatcher: Dispatcher, chat: ChatRequest, maxsize: int = 64) -> None:
         self._queue: queue.Queue[Item] = queue.Queue(maxsize)
-        self._stop = threading.Event()
+        self._dispatcher = dispatcher
+        self._stop = dispatcher.stop
         self._lock = threading.Lock()
         self._stream: ChatStream | None = None
-        self._label = label
-        self._thread = threading.Thread(target=self._run, args=(open_stream,), name="stream-pump", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(chat,), name="stream-pump", daemon=True)
         self._thread.start()
 
-    def _run(self, open_stream: Callable[[], ChatStream]) -> None:
-        stream = None
+    def _run(self, chat: ChatRequest) -> None:
+        opened = None
         try:
-            stream = open_stream()
-            with self._lock:
-                self._stream = stream
-            if self._stop.is_set() or not self._put((OPENED, None)):
+            opened = self._dispatcher.open_stream(chat, self._attach)
+            if self._stop.is_set() or not self._put((OPENED, opened.provider.name)):
                 return
-            for chunk in stream:
+            for chunk in opened.held:
+                if not self._put((CHUNK, chunk)):
+                    return
+            for chunk in opened.rest:
                 if not self._put((CHUNK, chunk)):
                     return
             self._put((END, None))
         except Exception as exc:  # providers raise GatewayError; anything else is logged as a bug
+            error = ensure_gateway_error(exc, opened.provider.label if opened else "the upstream")
+            if opened is not None:
+                self._dispatcher.failed_after_start(opened.provider, error)
             if not self._stop.is_set():
-                self._put((ERROR, ensure_gateway_error(exc, self._label)))
+                self._put((ERROR, error))
         finally:
-            if stream is not None:
-                stream.close()
+            if opened is not None:
+                opened.stream.close()
+
+    def _attach(self, stream: ChatStream | None) -> None:
+        with self._lock:
+            self._stream = stream
+        if stream is not None and self._stop.is_set():
+            stream.abort()
 
     def _put(self, item: Item) -> bool:
         while not self._stop.is_set():
@@ -76,7 +88,7 @@ class StreamPump:
             return None
 
     def close(self) -> None:
-        """Stop reading and release the upstream connection; safe to call twice."""
+        """Stop reading (and retrying) and release the upstream connection; safe to call twice."""
         self._stop.set()
         with self._lock:
             stream = self._stream

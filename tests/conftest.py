@@ -11,9 +11,11 @@ from waitress.server import create_server
 from app import create_app
 from app.config import SETTINGS
 from tests.upstreams.fake_bridge import FakeBridge
+from tests.upstreams.fake_yupp import FakeYupp
 
 CLIENT_KEY = "sk-gw-test"
 BRIDGE_KEY = "sk-lmab-test"
+YUPP_KEY = "sk-yupp-test"
 ADMIN_KEY = "sk-admin-test"
 
 
@@ -35,6 +37,26 @@ def bridge():
 
 
 @pytest.fixture
+def yupp():
+    """Start a fake yupp2Api that streams quickly."""
+    fake = FakeYupp(api_key=YUPP_KEY, chunk_delay=0.02, response_delay=0.01, hang_seconds=0.3)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def with_yupp(yupp):
+    """Settings that enable the fake yupp2Api beside the fake bridge."""
+    return {
+        "YUPP2API_ENABLED": True,
+        "YUPP2API_BASE_URL": yupp.url,
+        "YUPP2API_API_KEY": YUPP_KEY,
+        "YUPP2API_TIMEOUT": 5,
+    }
+
+
+@pytest.fixture
 def make_app(bridge, tmp_path):
     """Return a factory of apps wired to the fake bridge; keyword arguments override settings."""
 
@@ -51,6 +73,10 @@ def make_app(bridge, tmp_path):
             "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
             "GATEWAY_HEALTH_CACHE_SECONDS": 5,
             "STORAGE_PATH": str(tmp_path / "storage" / "sessions.json"),
+            # Quick retries; Retry-After beyond 1 s means "try elsewhere" instead of a slow test.
+            "GATEWAY_RETRY_BASE_DELAY": 0.01,
+            "GATEWAY_RETRY_MAX_DELAY": 0.05,
+            "GATEWAY_RETRY_AFTER_CAP": 1,
             "GATEWAY_ADMIN_KEY": ADMIN_KEY,
         }
         config.update(overrides)
@@ -88,6 +114,7 @@ class LiveServer:
     """An app served by waitress on a free loopback port, as `python -m app` serves it."""
 
     def __init__(self, app) -> None:
+        self.app = app
         self.server = create_server(app, host="127.0.0.1", port=0, threads=8, ident="test-gateway")
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)

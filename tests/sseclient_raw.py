@@ -14,6 +14,7 @@ class RawStream:
     status: int
     headers: dict[str, str]
     frames: list[tuple[float, bytes]] = field(default_factory=list)
+    raw_body: bytes = b""
 
     @property
     def data(self) -> list[str]:
@@ -66,7 +67,10 @@ def stream_chat(base_url: str, body: dict, headers: dict[str, str]) -> RawStream
     conn, response = open_stream(base_url, body, headers)
     try:
         result = RawStream(response.status, {k.lower(): v for k, v in response.getheaders()})
-        result.frames = read_frames(response)
+        if result.headers.get("content-type", "").startswith("text/event-stream"):
+            result.frames = read_frames(response)
+        else:
+            result.raw_body = response.read()
         return result
     finally:
         conn.close()

@@ -46,6 +46,9 @@ def test_gateway_env_file_points_at_another_dotenv(tmp_path):
         ("LMARENA_BRIDGE_TIMEOUT", "-1", "positive"),
         ("GATEWAY_PORT", "70000", "port"),
         ("LMARENA_BRIDGE_BASE_URL", "ftp://x", "http"),
+        ("YUPP2API_BASE_URL", "http://user:secret@127.0.0.1:8001", "user:password"),
+        ("GATEWAY_MODEL_ROUTES", '{"gpt-5": ["openrouter"]}', "providers"),
+        ("YUPP2API_MAX_RETRIES", "99", "0 to 10"),
         ("DEBUG_MODE", "maybe", "true or false"),
         ("LMARENA_BRIDGE_MODELS_FILE", "/nonexistent/models.json", "not readable"),
     ],
@@ -55,6 +58,12 @@ def test_bad_value_fails_naming_the_setting(name, value, words):
         load_settings(environ={name: value}, dotenv_path=None)
     assert str(caught.value).startswith(f"{name}=")
     assert words in str(caught.value)
+
+
+def test_password_in_a_bad_url_is_not_echoed():
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"YUPP2API_BASE_URL": "http://user:s3cret@127.0.0.1:8001"}, dotenv_path=None)
+    assert "s3cret" not in str(caught.value) and "user:***@" in str(caught.value)
 
 
 def test_bad_secret_value_is_not_echoed():
@@ -126,3 +135,15 @@ def test_models_file_is_reloaded_when_edited(make_app, tmp_path, auth, monkeypat
     assert [m["id"] for m in client.get("/v1/models", headers=auth).get_json()["data"]] == ["first", "second"]
     path.write_text("{broken")  # a bad edit keeps the last good list
     assert [m["id"] for m in client.get("/v1/models", headers=auth).get_json()["data"]] == ["first", "second"]
+
+
+def test_env_example_documents_every_setting_and_loads_as_is():
+    from app.config import ROOT, SETTINGS
+
+    example = ROOT / ".env.example"
+    text = example.read_text()
+    missing = [s.name for s in SETTINGS if f"\n{s.name}=" not in text and f"# {s.name}=" not in text]
+    assert missing == []
+    settings = load_settings(environ={}, dotenv_path=example)
+    assert settings["LMARENA_BRIDGE_BASE_URL"] == "http://127.0.0.1:5102"
+    assert settings["GATEWAY_MODEL_ROUTES"] == {}

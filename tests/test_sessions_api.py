@@ -66,6 +66,7 @@ HOSTILE = [
     ("bridge_base_url", "javascript:alert(1)"),
     ("bridge_base_url", "ftp://127.0.0.1/"),
     ("bridge_base_url", "file:///etc/passwd"),
+    ("bridge_base_url", "http://user:pw@127.0.0.1:5102"),
     ("bridge_base_url", "http://"),
     ("bridge_base_url", 5),
     ("models", ["gpt-5"]),

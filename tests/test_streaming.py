@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from tests.sseclient_raw import open_stream, read_frames, stream_chat
+from tests.upstreams.script import Stall
 
 
 def _body(text: str = "Say hello", **extra) -> dict:
@@ -72,7 +74,6 @@ def test_stream_refusal_before_commit_keeps_http_status(live, auth, bridge):
     ("marker", "code", "kept"),
     [
         ("[[fake:drop]]", "upstream_stream_broken", "Hello from"),
-        ("[[fake:garbage]]", "upstream_bad_stream", ""),
         ("[[fake:midfail]]", "bridge_error", "Hello from"),
     ],
 )
@@ -86,14 +87,34 @@ def test_stream_upstream_fault_ends_with_error_chunk_then_done(live, auth, marke
     assert result.data[-1] == "[DONE]"
 
 
-def test_stream_idle_upstream_is_ended_by_timeout(serve, auth, bridge):
+def test_stream_garbage_before_any_content_is_retried_then_a_real_502(live, auth, bridge):
+    result = stream_chat(live.url, _body("hi [[fake:garbage]]"), auth)
+    assert result.status == 502
+    assert json.loads(result.raw_body)["error"]["code"] == "upstream_bad_stream"
+    assert len([r for r in bridge.requests if r.path == "/v1/chat/completions"]) == 2  # LMARENA_BRIDGE_MAX_RETRIES=1
+
+
+def test_stream_slow_first_token_is_ended_by_first_byte_timeout(serve, auth, bridge):
     bridge.first_chunk_delay = 4
-    server = serve(LMARENA_BRIDGE_TIMEOUT=1)
+    server = serve(LMARENA_BRIDGE_TIMEOUT=1, LMARENA_BRIDGE_MAX_RETRIES=0)
     started = time.monotonic()
     result = stream_chat(server.url, _body(), auth)
-    assert time.monotonic() - started < 3.5
+    assert time.monotonic() - started < 2.5
+    assert result.json_frames()[-1]["error"]["code"] == "upstream_first_byte_timeout"
+    assert result.data[-1] == "[DONE]"
+
+
+def test_stream_stalled_mid_way_is_ended_by_idle_timeout_not_retried(serve, auth, bridge):
+    bridge.script(Stall(after_chunks=2, seconds=5))
+    server = serve(LMARENA_BRIDGE_IDLE_TIMEOUT=0.5)
+    started = time.monotonic()
+    result = stream_chat(server.url, _body(), auth)
+    assert time.monotonic() - started < 2.5
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in result.json_frames() if "choices" in c)
+    assert text == "Hello from"
     assert result.json_frames()[-1]["error"]["code"] == "upstream_idle_timeout"
     assert result.data[-1] == "[DONE]"
+    assert len([r for r in bridge.requests if r.path == "/v1/chat/completions"]) == 1
 
 
 def test_client_disconnect_mid_stream_closes_upstream(live, auth, bridge):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g
+from flask import Blueprint, Response, current_app, g, request
 
 from .. import sse
 from ..errors import NotFoundError
-from ..providers.base import ChatRequest, Provider
+from ..providers.base import ChatRequest
+from ..providers.dispatch import Dispatcher
 from ..providers.router import get_router
 from ..sessions import session_from_headers
 from ..store import Session
-from ..streaming import ERROR, StreamPump, relay
+from ..streaming import ERROR, OPENED, StreamPump, relay
 from ..tokens import prompt_tokens
 from ..validation import parse_chat_request, read_json_body
 
@@ -26,11 +27,17 @@ def create_chat_completion():
     session = session_from_headers()
     if session is not None:
         apply_session(chat, session)
-    provider = get_router().for_chat(chat, session.bridge_base_url if session else None)
-    g.provider, g.model = provider.name, chat.model
+    g.model = chat.model
+    router = get_router()
+    plan = router.plan(
+        chat.model, request.headers.get("X-Provider"), session and session.bridge_base_url, session is not None
+    )
+    dispatcher = router.dispatcher(plan)
     if chat.stream:
-        return _stream(provider, chat)
-    return _complete(provider.chat(chat), chat)
+        return _stream(dispatcher, chat)
+    provider, completion = dispatcher.complete(chat)
+    g.provider, g.attempts = provider.name, len(dispatcher.attempts)
+    return _complete(completion, chat)
 
 
 def apply_session(chat: ChatRequest, session: Session) -> None:
@@ -65,12 +72,14 @@ def _complete(data: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:
     return data
 
 
-def _stream(provider: Provider, chat: ChatRequest) -> Response:
+def _stream(dispatcher: Dispatcher, chat: ChatRequest) -> Response:
     keepalive = current_app.config["GATEWAY_SSE_KEEPALIVE_SECONDS"]
-    pump = StreamPump(lambda: provider.stream(chat), provider.label)
+    pump = StreamPump(dispatcher, chat)
     # Wait briefly for the upstream's verdict, so a refusal still gets its real HTTP status.
     first = pump.get(keepalive)
     if first is not None and first[0] == ERROR:
         pump.close()
         raise first[1]
+    if first is not None and first[0] == OPENED:
+        g.provider = first[1]
     return Response(relay(pump, first, chat, keepalive), headers=sse.HEADERS)

@@ -67,7 +67,8 @@ def _image_model(image: ImageRequest, bridge: LMArenaBridge) -> str:
 
 def _generate(bridge: LMArenaBridge, model: str, prompt: str, extra: dict[str, str]) -> list[str]:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
-    completion = bridge.chat(ChatRequest(body=body, model=model, extra=extra))
+    # Through the dispatcher: the bridge's retries, time budget and circuit breaker apply to images too.
+    _, completion = get_router().dispatcher([bridge]).complete(ChatRequest(body=body, model=model, extra=extra))
     message = completion["choices"][0].get("message") if completion["choices"] else None
     text = message.get("content") if isinstance(message, dict) else None
     urls = IMAGE_MARKDOWN.findall(text) if isinstance(text, str) else []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from ..errors import NotFoundError
 from ..providers.router import get_router
@@ -14,8 +14,13 @@ bp = Blueprint("models", __name__)
 
 def _models() -> list[dict]:
     session = session_from_headers()
+    router = get_router()
     if session is None:
-        return get_router().models()
+        selector = request.headers.get("X-Provider")
+        if selector and selector.strip().lower() != "auto":
+            # An explicit X-Provider lists that provider's models only.
+            return router.plan("", selector)[0].models()
+        return router.models()
     bridge = get_router().bridge_for(session.bridge_base_url)
     if session.models:
         created = int(parse_time(session.updated_at).timestamp())

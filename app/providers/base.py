@@ -45,23 +45,53 @@ class ChatStream:
         """Release the upstream connection."""
 
 
+@dataclass(frozen=True)
+class ProviderSettings:
+    """How to reach one upstream and how patient to be with it."""
+
+    base_url: str
+    api_key: str = ""
+    first_byte_timeout: float = 180.0
+    idle_timeout: float = 120.0
+    connect_timeout: float = 5.0
+    max_retries: int = 1
+    models_cache_seconds: float = 30.0
+    health_timeout: float = 2.0
+
+
 class Provider:
     """An upstream that speaks (roughly) OpenAI; subclasses translate its errors into GatewayError."""
 
     name = "provider"
     label = "Provider"
+    # The X-Provider header value that picks this provider.
+    selector = "provider"
 
-    def chat(self, request: ChatRequest) -> dict[str, Any]:
-        """Return a `chat.completion` object."""
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+
+    @property
+    def max_retries(self) -> int:
+        return self.settings.max_retries
+
+    def chat(self, request: ChatRequest, timeout: float | None = None) -> dict[str, Any]:
+        """Return a `chat.completion` object, waiting at most timeout (default first_byte_timeout) for it."""
         raise NotImplementedError
 
-    def stream(self, request: ChatRequest) -> ChatStream:
-        """Open a stream; raise GatewayError when the upstream refuses it before the first chunk."""
+    def stream(self, request: ChatRequest, timer: Any) -> ChatStream:
+        """Open a stream whose reads obey timer; raise GatewayError when the upstream refuses it."""
         raise NotImplementedError
 
     def models(self) -> list[dict[str, Any]]:
-        """Return OpenAI model objects this provider serves."""
+        """Return OpenAI model objects this provider serves; raise GatewayError when it cannot say."""
         raise NotImplementedError
+
+    def known_models(self) -> frozenset[str] | None:
+        """Return the ids this provider serves, or None when it cannot say right now (never waits long)."""
+        try:
+            return frozenset(m["id"] for m in self.models())
+        except Exception:  # an unknown list routes like an unknown provider: it may still serve the model
+            return None
 
     def health(self) -> dict[str, Any]:
         """Return {"ok": bool, ...} from a quick, bounded look at the upstream."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -13,7 +14,15 @@ import sseclient
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from ..errors import GatewayError, UpstreamError, UpstreamTimeout
+from ..errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +107,9 @@ class UpstreamClient:
         except requests.exceptions.RequestException as exc:
             raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
 
-    def sse_data(self, response: requests.Response, is_aborted) -> Iterator[str]:
+    def sse_data(self, response: requests.Response, timer: StreamTimer, is_aborted) -> Iterator[str]:
         """Yield each event's data from a streamed response as soon as its bytes arrive."""
-        events = sseclient.SSEClient(_Pieces(response, self, is_aborted)).events()
+        events = sseclient.SSEClient(_Pieces(response, self.label, timer, is_aborted)).events()
         try:
             for event in events:
                 yield event.data
@@ -113,31 +122,60 @@ class UpstreamClient:
         self.session.close()
 
 
+class StreamTimer:
+    """Read deadlines for one stream: the first content must come within first_byte, then gaps stay under idle."""
+
+    def __init__(self, first_byte: float, idle: float) -> None:
+        self.first_byte, self.idle = first_byte, idle
+        self.deadline = time.monotonic() + first_byte
+        self.committed = False
+
+    def commit(self) -> None:
+        """Switch from the first-content deadline to the idle gap (content has started)."""
+        self.committed = True
+
+    def read_timeout(self) -> float:
+        if self.committed:
+            return self.idle
+        return max(0.001, self.deadline - time.monotonic())
+
+    def expired(self, label: str) -> UpstreamTimeout:
+        if self.committed:
+            return UpstreamTimeout(
+                f"{label} sent nothing for {self.idle:g} s; the stream was ended.", code="upstream_idle_timeout"
+            )
+        return UpstreamTimeout(
+            f"{label} sent no content within {self.first_byte:g} s.", code="upstream_first_byte_timeout"
+        )
+
+
 class _Pieces:
     """The raw body as pieces, each returned as soon as any bytes are there (read1), errors translated."""
 
-    def __init__(self, response: requests.Response, client: UpstreamClient, is_aborted) -> None:
-        self.response, self.client, self.is_aborted = response, client, is_aborted
+    def __init__(self, response: requests.Response, label: str, timer: StreamTimer, is_aborted) -> None:
+        self.response, self.label, self.timer, self.is_aborted = response, label, timer, is_aborted
+        connection = getattr(response.raw, "_connection", None)
+        # urllib3 keeps the socket on the response's connection; its timeout bounds each read.
+        self.sock = getattr(connection, "sock", None)
 
     def __iter__(self) -> Iterator[bytes]:
         raw = self.response.raw
         while True:
             try:
+                if self.sock is not None:
+                    self.sock.settimeout(self.timer.read_timeout())
                 piece = raw.read1(READ_SIZE, decode_content=True)
             except urllib3.exceptions.ReadTimeoutError:
                 if self.is_aborted():
                     return
-                raise UpstreamTimeout(
-                    f"{self.client.label} sent nothing for {self.client.read_timeout:g} s; the stream was ended.",
-                    code="upstream_idle_timeout",
-                ) from None
+                raise self.timer.expired(self.label) from None
             except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError) as exc:
                 # After abort() the socket is shut down under the read; that is our doing, not an upstream fault.
                 if self.is_aborted():
                     return
-                log.info("%s stream broke: %s", self.client.label, type(exc).__name__)
+                log.info("%s stream broke: %s", self.label, type(exc).__name__)
                 raise UpstreamError(
-                    f"{self.client.label} closed the connection before the stream finished.",
+                    f"{self.label} closed the connection before the stream finished.",
                     code="upstream_stream_broken",
                 ) from None
             if not piece:
@@ -188,3 +226,34 @@ def ensure_gateway_error(exc: BaseException, label: str) -> GatewayError:
         return exc
     log.exception("unexpected error talking to %s", label)
     return UpstreamError(f"Unexpected failure while talking to {label}.")
+
+
+def retry_after(headers: Any, cap: float = 300.0) -> float | None:
+    """Return the Retry-After seconds of a response (numeric form), capped."""
+    try:
+        return min(max(float(headers.get("Retry-After")), 0.0), cap)
+    except (TypeError, ValueError):
+        return None
+
+
+def status_error(label: str, status: int, said: str, headers: Any) -> GatewayError:
+    """Translate an upstream HTTP error status the usual way; providers handle their own cases first."""
+    if status in (401, 403):
+        return UpstreamError(
+            f"{label} rejected the gateway's API key (HTTP {status}).", code="upstream_auth_failed", retryable=False
+        )
+    if status == 429:
+        return RateLimitError(f"{label} is rate-limiting requests ({said})", retry_after=retry_after(headers))
+    if status == 404:
+        return NotFoundError(f"{label}: {said}", param="model", code="model_not_found")
+    if status == 413:
+        return InvalidRequestError(f"{label}: {said}", status_code=413, code="request_too_large")
+    if 400 <= status < 500:
+        return InvalidRequestError(
+            f"{label} rejected the request: {said}", status_code=400 if status == 422 else status
+        )
+    if status == 503:
+        return UpstreamUnavailable(f"{label} is unavailable: {said}", retry_after=retry_after(headers))
+    if status == 504:
+        return UpstreamTimeout(f"{label} timed out: {said}")
+    return UpstreamError(f"{label} failed with HTTP {status}: {said}")

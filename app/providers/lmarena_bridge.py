@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,15 +12,16 @@ from typing import Any
 from ..errors import (
     GatewayError,
     InvalidRequestError,
-    NotFoundError,
     RateLimitError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .base import ChatRequest, ChatStream, Chunk, Provider
+from .base import ChatRequest, Chunk, Provider, ProviderSettings
 from .bridge_files import BridgeFiles
-from .http import UpstreamClient, read_error_body, upstream_message
+from .cache import Refreshing
+from .http import StreamTimer, UpstreamClient, read_error_body, status_error, upstream_message
+from .stream import SSEChatStream
 
 log = logging.getLogger(__name__)
 
@@ -68,34 +68,32 @@ class LMArenaBridge(Provider):
 
     name = "lmarena_bridge"
     label = "LMArena Bridge"
+    selector = "bridge_direct"
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str = "",
-        timeout: float = 180.0,
-        connect_timeout: float = 5.0,
-        files: BridgeFiles | None = None,
-        models_cache_seconds: float = 30.0,
-        health_timeout: float = 2.0,
-    ) -> None:
-        self.client = UpstreamClient(self.label, base_url, connect_timeout=connect_timeout, read_timeout=timeout)
+    def __init__(self, settings: ProviderSettings, files: BridgeFiles | None = None) -> None:
+        super().__init__(settings)
+        self.client = UpstreamClient(
+            self.label,
+            settings.base_url,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.first_byte_timeout,
+        )
         self.files = files or BridgeFiles()
-        self._api_key = api_key
-        self.models_cache_seconds = models_cache_seconds
-        self.health_timeout = health_timeout
-        self._remote_models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
-        self._models_lock = threading.Lock()
+        cache = settings.models_cache_seconds
+        self._remote_models = Refreshing(self._fetch_remote_models, cache, min(5.0, cache))
 
     def _headers(self) -> dict[str, str]:
         # The bridge on the same machine keeps its key in config.jsonc; use it when no key is configured here.
-        key = self._api_key or str(self.files.config.get("api_key") or "")
+        key = self.settings.api_key or str(self.files.config.get("api_key") or "")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def chat(self, request: ChatRequest) -> dict[str, Any]:
+    def chat(self, request: ChatRequest, timeout: float | None = None) -> dict[str, Any]:
         response = self.client.request(
-            "POST", "/v1/chat/completions", body=request.upstream_body(False), headers=self._headers()
+            "POST",
+            "/v1/chat/completions",
+            body=request.upstream_body(False),
+            headers=self._headers(),
+            read_timeout=timeout,
         )
         if response.status_code != 200:
             raise self._http_error(response.status_code, read_error_body(response), response.headers)
@@ -110,13 +108,18 @@ class LMArenaBridge(Provider):
             raise bridge_error(content.partition(ERROR_MARKER)[2])
         return data
 
-    def stream(self, request: ChatRequest) -> ChatStream:
+    def stream(self, request: ChatRequest, timer: StreamTimer) -> BridgeStream:
         response = self.client.request(
-            "POST", "/v1/chat/completions", body=request.upstream_body(True), headers=self._headers(), stream=True
+            "POST",
+            "/v1/chat/completions",
+            body=request.upstream_body(True),
+            headers=self._headers(),
+            stream=True,
+            read_timeout=timer.read_timeout(),
         )
         if response.status_code != 200:
             raise self._http_error(response.status_code, read_error_body(response), response.headers)
-        return BridgeStream(self, response)
+        return BridgeStream(self.client, response, timer)
 
     def image_models(self) -> list[str]:
         """Return the models.json names typed `:image`."""
@@ -130,7 +133,7 @@ class LMArenaBridge(Provider):
     def models(self) -> list[dict[str, Any]]:
         created = self.files.models_mtime
         listed = {name: created for name in self.files.models}
-        remote = self._fetch_remote_models()
+        remote = self._remote_models.get()
         if remote is None and not listed:
             raise UpstreamError(
                 f"Cannot list models: {self.label} at {self.client.public_url} is not answering and "
@@ -142,32 +145,21 @@ class LMArenaBridge(Provider):
         return [{"id": name, "object": "model", "created": ts, "owned_by": self.name} for name, ts in listed.items()]
 
     def _fetch_remote_models(self) -> list[dict[str, Any]] | None:
-        expires, cached = self._remote_models
-        if time.monotonic() < expires:
-            return cached
-        with self._models_lock:
-            expires, cached = self._remote_models
-            if time.monotonic() < expires:
-                return cached
-            result = None
-            try:
-                response = self.client.request("GET", "/v1/models", read_timeout=self.health_timeout)
-                body = response.json() if response.status_code == 200 else read_error_body(response)
-                if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
-                    result = [m for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
-                elif response.status_code == 404:
-                    result = []  # the bridge's way of saying its models.json is empty
-            except (GatewayError, ValueError) as exc:
-                log.info("model list from %s unavailable: %s", self.label, exc)
-            # Remember a failure briefly too, so a down bridge is not asked on every /v1/models call.
-            ttl = self.models_cache_seconds if result is not None else min(5.0, self.models_cache_seconds)
-            self._remote_models = (time.monotonic() + ttl, result)
-            return result
+        try:
+            response = self.client.request("GET", "/v1/models", read_timeout=self.settings.health_timeout)
+            body = response.json() if response.status_code == 200 else read_error_body(response)
+        except (GatewayError, ValueError) as exc:
+            log.info("model list from %s unavailable: %s", self.label, exc)
+            return None
+        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
+            return [m for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        # 404 is the bridge's way of saying its models.json is empty.
+        return [] if response.status_code == 404 else None
 
     def health(self) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            response = self.client.request("GET", "/v1/models", read_timeout=self.health_timeout)
+            response = self.client.request("GET", "/v1/models", read_timeout=self.settings.health_timeout)
             response.close()
         except GatewayError as exc:
             return {"ok": False, "error": exc.message, "latency_ms": _ms_since(started)}
@@ -186,23 +178,21 @@ class LMArenaBridge(Provider):
 
     def _http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
         said = upstream_message(body)
-        if status == 500 and ERROR_MARKER in said:
-            return bridge_error(said.partition(ERROR_MARKER)[2])
-        if status == 413:
-            if _TOO_LARGE in said:
-                return bridge_error(said)
-            return InvalidRequestError(f"{self.label}: {said}", status_code=413, code="request_too_large")
+        if (status == 500 and ERROR_MARKER in said) or (status == 413 and _TOO_LARGE in said):
+            return bridge_error(said.partition(ERROR_MARKER)[2] or said)
         if status in (401, 403):
             return UpstreamError(
                 f"{self.label} rejected the gateway's key (HTTP {status}); set LMARENA_BRIDGE_API_KEY to the "
                 "api_key in the bridge's config.jsonc.",
                 code="upstream_auth_failed",
+                retryable=False,
             )
         if status == 503 and _NO_BROWSER in said:
             return UpstreamUnavailable(
                 "LMArena Bridge has no browser connected: open lmarena.ai in a browser with the LMArena Bridge "
                 f"userscript enabled (bridge said: {said})",
                 code="bridge_no_browser",
+                retryable=False,  # a browser does not appear within a retry's delay
             )
         if status == 503 and _WAITING_REFRESH in said:
             return UpstreamUnavailable(
@@ -211,61 +201,27 @@ class LMArenaBridge(Provider):
                 code="upstream_verification",
                 retry_after=5,
             )
-        if status == 429:
-            return RateLimitError(f"{self.label} is rate-limiting requests ({said})", retry_after=_retry_after(headers))
-        if status == 404:
-            return NotFoundError(f"{self.label}: {said}", code="model_not_found")
-        if 400 <= status < 500:
-            return InvalidRequestError(f"{self.label} rejected the request: {said}", status_code=status)
-        if status == 503:
-            return UpstreamUnavailable(f"{self.label} is unavailable: {said}", retry_after=_retry_after(headers))
-        if status == 504:
-            return UpstreamTimeout(f"{self.label} timed out: {said}")
-        return UpstreamError(f"{self.label} failed with HTTP {status}: {said}")
+        return status_error(self.label, status, said, headers)
 
 
-class BridgeStream(ChatStream):
-    """Chunks from the bridge, with its in-band `[LMArena Bridge Error]:` text turned into a GatewayError."""
+class BridgeStream(SSEChatStream):
+    """The bridge reports failures mid-stream as content `\\n\\n[LMArena Bridge Error]: ...` with HTTP 200."""
 
-    def __init__(self, provider: LMArenaBridge, response) -> None:
-        self.provider, self.response = provider, response
-        self._aborted = False
+    def inspect(self, chunk: Chunk) -> Iterator[Chunk]:
+        # Cheap test on the raw text first: nearly every chunk is plain content.
+        if ERROR_MARKER in chunk.text:
+            content = _delta_text(chunk.obj)
+            if ERROR_MARKER in content:
+                before, _, text = content.partition(ERROR_MARKER)
+                if before.strip():
+                    obj = chunk.obj
+                    obj["choices"][0]["delta"]["content"] = before.rstrip("\n")
+                    yield Chunk(json.dumps(obj, ensure_ascii=False), obj)
+                raise bridge_error(text)
+        yield chunk
 
-    def __iter__(self) -> Iterator[Chunk]:
-        label = self.provider.label
-        for data in self.provider.client.sse_data(self.response, lambda: self._aborted):
-            if data == "[DONE]":
-                return
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                raise UpstreamError(
-                    f"{label} sent a stream chunk that is not JSON.", code="upstream_bad_stream"
-                ) from None
-            if not isinstance(obj, dict):
-                raise UpstreamError(f"{label} sent a stream chunk that is not an object.", code="upstream_bad_stream")
-            if "error" in obj:
-                raise bridge_error(upstream_message(obj))
-            # Cheap test on the raw text first: nearly every chunk is plain content.
-            if ERROR_MARKER in data:
-                content = _delta_text(obj)
-                if ERROR_MARKER in content:
-                    before, _, text = content.partition(ERROR_MARKER)
-                    if before.strip():
-                        obj["choices"][0]["delta"]["content"] = before.rstrip("\n")
-                        yield Chunk(json.dumps(obj, ensure_ascii=False), obj)
-                    raise bridge_error(text)
-            yield Chunk(data, obj)
-
-    def abort(self) -> None:
-        self._aborted = True
-        try:
-            self.response.raw.shutdown()
-        except (AttributeError, ValueError, RuntimeError, OSError):
-            pass  # already closed or released: nothing is blocked on it
-
-    def close(self) -> None:
-        self.response.close()
+    def error_chunk(self, obj: dict[str, Any]) -> GatewayError:
+        return bridge_error(upstream_message(obj))
 
 
 def _delta_text(obj: dict[str, Any]) -> str:
@@ -282,13 +238,6 @@ def _message_text(data: dict[str, Any]) -> str:
     except (KeyError, IndexError, TypeError, AttributeError):
         return ""
     return content if isinstance(content, str) else ""
-
-
-def _retry_after(headers: Any) -> float | None:
-    try:
-        return min(float(headers.get("Retry-After")), 300.0)
-    except (TypeError, ValueError):
-        return None
 
 
 def _ms_since(started: float) -> float:

@@ -1,0 +1,152 @@
+"""Circuit breakers per provider, shared by every gateway process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC
+from typing import Any
+
+from ..errors import GatewayError
+from ..store.base import StoreError, isoformat, utcnow
+
+log = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+# Weight of the newest latency sample in the shared moving average.
+EWMA = 0.3
+
+
+class Breaker:
+    """Open a provider's circuit after `failures` consecutive failures; after `cooldown` let one request probe it.
+
+    State lives in a shared record (FileState or RedisState), so all Passenger processes skip a dead upstream
+    together. A healthy provider costs one cached read per request: records are written on failures and state
+    changes, and otherwise at most every `stats_interval` seconds per process to refresh last success and latency.
+    """
+
+    def __init__(self, state, failures: int = 5, cooldown: float = 30.0, stats_interval: float = 5.0) -> None:
+        self.state, self.failures, self.cooldown, self.stats_interval = state, failures, cooldown, stats_interval
+        self._lock = threading.Lock()
+        self._flushed: dict[str, float] = {}
+        self._samples: dict[str, list[float]] = {}
+
+    def allow(self, name: str) -> bool:
+        """Return whether a request may go to the provider now (claiming the half-open probe if it is due)."""
+        record = self._get(name)
+        if record.get("state", CLOSED) == CLOSED:
+            return True
+        now = time.time()
+        if not _probe_due(record, now):
+            return False
+
+        def claim(current):
+            if current.get("state", CLOSED) == CLOSED or not _probe_due(current, now):
+                return None
+            return {**current, "state": HALF_OPEN, "probe_until": now + self.cooldown}
+
+        try:
+            record, claimed = self.state.update(name, claim)
+        except StoreError:
+            return True  # cannot coordinate: let the request through rather than block the provider
+        if claimed:
+            log.info("circuit for %s half-open: probing with one request", name)
+        return claimed or record.get("state", CLOSED) == CLOSED
+
+    def success(self, name: str, latency_ms: float) -> None:
+        """Record a success: closes the circuit, and now and then refreshes the shared statistics."""
+        record = self._get(name)
+        healthy = record.get("state", CLOSED) == CLOSED and not record.get("failures")
+        with self._lock:
+            samples = self._samples.setdefault(name, [])
+            samples.append(latency_ms)
+            now = time.monotonic()
+            if healthy and now - self._flushed.get(name, 0.0) < self.stats_interval:
+                return
+            self._flushed[name] = now
+            batch, self._samples[name] = samples, []
+        stamp = isoformat(utcnow())
+
+        def close(current):
+            latency = sum(batch) / len(batch)
+            previous = current.get("latency_ms")
+            return {
+                **current,
+                "state": CLOSED,
+                "failures": 0,
+                "last_success_at": stamp,
+                "latency_ms": round(latency if previous is None else EWMA * latency + (1 - EWMA) * previous, 1),
+            }
+
+        self._update(name, close)
+        if not healthy:
+            log.info("circuit for %s closed: it answered again", name)
+
+    def failure(self, name: str, error: GatewayError) -> None:
+        """Record a provider failure; open the circuit at the threshold, or at once when a probe failed."""
+        now, stamp = time.time(), isoformat(utcnow())
+
+        def fail(current):
+            failures = int(current.get("failures", 0)) + 1
+            record = {
+                **current,
+                "failures": failures,
+                "last_failure_at": stamp,
+                "last_error": {"code": error.code, "message": error.message[:300]},
+            }
+            if current.get("state") == HALF_OPEN or failures >= self.failures:
+                if current.get("state") != OPEN:
+                    log.warning("circuit for %s opened after %d failures (last: %s)", name, failures, error.code)
+                record.update(state=OPEN, opened_at=now, retry_at=now + self.cooldown)
+            return record
+
+        self._update(name, fail)
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """Return the shared record, as /providers/status shows it."""
+        record = self._get(name)
+        state = record.get("state", CLOSED)
+        retry_at = record.get("retry_at") if state == OPEN else None
+        return {
+            "state": state,
+            "consecutive_failures": record.get("failures", 0),
+            "retry_at": isoformat(_from_epoch(retry_at)) if retry_at else None,
+            "last_success_at": record.get("last_success_at"),
+            "last_failure_at": record.get("last_failure_at"),
+            "last_error": record.get("last_error"),
+            "latency_ms": record.get("latency_ms"),
+        }
+
+    def retry_in(self, name: str) -> float | None:
+        """Return seconds until an open circuit admits a probe, or None when it is not open."""
+        record = self._get(name)
+        if record.get("state") != OPEN:
+            return None
+        return max(0.0, record.get("retry_at", 0) - time.time())
+
+    def _get(self, name: str) -> dict[str, Any]:
+        try:
+            return self.state.get(name)
+        except StoreError:
+            return {}
+
+    def _update(self, name: str, change) -> None:
+        try:
+            self.state.update(name, change)
+        except StoreError as exc:
+            log.warning("circuit state for %s not saved: %s", name, exc.message)
+
+
+def _probe_due(record: dict[str, Any], now: float) -> bool:
+    state = record.get("state", CLOSED)
+    if state == OPEN:
+        return now >= record.get("retry_at", 0)
+    # A probe that never reported back (its process died) frees the slot when its lease ends.
+    return state == HALF_OPEN and now >= record.get("probe_until", 0)
+
+
+def _from_epoch(seconds: float):
+    from datetime import datetime
+
+    return datetime.fromtimestamp(seconds, UTC)

@@ -1,0 +1,73 @@
+"""An OpenAI-style SSE chat stream read from an upstream, with errors translated at this boundary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from ..errors import GatewayError, UpstreamError
+from .base import ChatStream, Chunk
+from .http import StreamTimer, UpstreamClient, upstream_message
+
+
+def carries_content(obj: dict[str, Any]) -> bool:
+    """Return whether a chunk holds something a client would show (text, reasoning, tool calls or an end)."""
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(
+            delta.get(k) for k in ("content", "reasoning_content", "tool_calls", "function_call", "refusal")
+        ):
+            return True
+    return False
+
+
+class SSEChatStream(ChatStream):
+    """`data: {chat.completion.chunk}` frames until `data: [DONE]`; subclasses add their upstream's error habits."""
+
+    def __init__(self, client: UpstreamClient, response: requests.Response, timer: StreamTimer) -> None:
+        self.client, self.response, self.timer = client, response, timer
+        self._aborted = False
+
+    def __iter__(self) -> Iterator[Chunk]:
+        label = self.client.label
+        for data in self.client.sse_data(self.response, self.timer, lambda: self._aborted):
+            if data == "[DONE]":
+                return
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                raise UpstreamError(
+                    f"{label} sent a stream chunk that is not JSON.", code="upstream_bad_stream"
+                ) from None
+            if not isinstance(obj, dict):
+                raise UpstreamError(f"{label} sent a stream chunk that is not an object.", code="upstream_bad_stream")
+            if "error" in obj:
+                raise self.error_chunk(obj)
+            yield from self.inspect(Chunk(data, obj))
+
+    def inspect(self, chunk: Chunk) -> Iterator[Chunk]:
+        """Yield the chunk (or what it stands for); raise GatewayError when it is an error in disguise."""
+        yield chunk
+
+    def error_chunk(self, obj: dict[str, Any]) -> GatewayError:
+        """Translate a `data: {"error": ...}` frame."""
+        return UpstreamError(
+            f"{self.client.label} failed mid-stream: {upstream_message(obj)}", code="upstream_stream_error"
+        )
+
+    def abort(self) -> None:
+        self._aborted = True
+        try:
+            self.response.raw.shutdown()
+        except (AttributeError, ValueError, RuntimeError, OSError):
+            pass  # already closed or released: nothing is blocked on it
+
+    def close(self) -> None:
+        self.response.close()

@@ -1,0 +1,87 @@
+"""Small records every gateway process must agree on (circuit breakers), in the storage folder or in Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .base import StoreError
+from .jsonfile import LockedJsonFile
+
+Record = dict[str, Any]
+Change = Callable[[Record], Record | None]
+
+
+class FileState:
+    """Records in one JSON file beside the sessions; reads are cached, changes locked and atomic."""
+
+    def __init__(self, path: str, lock_timeout: float = 10.0) -> None:
+        # Breaker state is cheap to lose on a power cut, so no fsync: changes stay quick under failure storms.
+        self.file = LockedJsonFile(path, "providers", lock_timeout=lock_timeout, durable=False)
+
+    def get(self, name: str) -> Record:
+        return self.file.read().get(name, {})
+
+    def update(self, name: str, change: Change) -> tuple[Record, bool]:
+        """Apply change to the record under the lock; return the record and whether it changed."""
+
+        def apply(table):
+            new = change(table.get(name, {}))
+            return (None, (table.get(name, {}), False)) if new is None else ({**table, name: new}, (new, True))
+
+        return self.file.change(apply)
+
+
+class RedisState:
+    """Records as JSON strings in Redis; changes are optimistic transactions (WATCH/MULTI), retried on conflict."""
+
+    CACHE_SECONDS = 0.5
+    ATTEMPTS = 20
+
+    def __init__(self, url: str, prefix: str = "lmgw:", timeout: float = 5.0) -> None:
+        import redis
+
+        self._redis = redis
+        self.client = redis.Redis.from_url(
+            url, socket_connect_timeout=min(timeout, 2.0), socket_timeout=timeout, decode_responses=True
+        )
+        self.prefix = prefix
+        self._cache: dict[str, tuple[float, Record]] = {}
+
+    def get(self, name: str) -> Record:
+        cached = self._cache.get(name)
+        if cached and time.monotonic() < cached[0]:
+            return cached[1]
+        try:
+            raw = self.client.get(self.prefix + "provider:" + name)
+        except (self._redis.exceptions.RedisError, OSError):
+            return cached[1] if cached else {}  # the breaker must not take the gateway down with Redis
+        record = json.loads(raw) if raw else {}
+        self._cache[name] = (time.monotonic() + self.CACHE_SECONDS, record)
+        return record
+
+    def update(self, name: str, change: Change) -> tuple[Record, bool]:
+        key = self.prefix + "provider:" + name
+        try:
+            with self.client.pipeline() as pipe:
+                for _ in range(self.ATTEMPTS):
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        current = json.loads(raw) if raw else {}
+                        new = change(current)
+                        if new is None:
+                            pipe.unwatch()
+                            return current, False
+                        pipe.multi()
+                        pipe.set(key, json.dumps(new))
+                        pipe.execute()
+                        self._cache[name] = (time.monotonic() + self.CACHE_SECONDS, new)
+                        return new, True
+                    except self._redis.WatchError:
+                        continue
+        except (self._redis.exceptions.RedisError, OSError) as exc:
+            raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
+        raise StoreError("Provider state kept changing under concurrent updates; try again.", code="store_busy")
