@@ -48,26 +48,24 @@ def _number(value: Any) -> float:
     return number
 
 
-def _integer(value: Any) -> int:
-    try:
-        number = float(value) if not isinstance(value, bool) else float("nan")
-    except (TypeError, ValueError):
-        raise ValueError("must be a whole number") from None
-    if not number.is_integer():
-        raise ValueError("must be a whole number")
-    if number <= 0:
-        raise ValueError("must be a positive whole number")
-    return int(number)
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    """Return a parser of whole numbers in [minimum, maximum]."""
+    span = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+
+    def parse(value: Any) -> int:
+        try:
+            number = float(value) if not isinstance(value, bool) else float("nan")
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a whole number {span}") from None
+        if not number.is_integer() or number < minimum or (maximum is not None and number > maximum):
+            raise ValueError(f"must be a whole number {span}")
+        return int(number)
+
+    return parse
 
 
-def _count(value: Any) -> int:
-    try:
-        number = float(value) if not isinstance(value, bool) else float("nan")
-    except (TypeError, ValueError):
-        raise ValueError("must be a whole number (0 or more)") from None
-    if not number.is_integer() or not 0 <= number <= 10:
-        raise ValueError("must be a whole number from 0 to 10")
-    return int(number)
+_integer = _whole(1)
+_count = _whole(0, 10)
 
 
 # Names a route may use for each provider: its X-Provider value or its own name.

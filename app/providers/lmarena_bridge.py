@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,10 +16,11 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .base import ChatRequest, Chunk, Provider, ProviderSettings
+from .base import Chunk, ProviderSettings
 from .bridge_files import BridgeFiles
 from .cache import Refreshing
-from .http import StreamTimer, UpstreamClient, read_error_body, status_error, upstream_message
+from .http import read_error_body, status_error, upstream_message
+from .openai_compat import OpenAICompatible
 from .stream import SSEChatStream
 
 log = logging.getLogger(__name__)
@@ -63,63 +63,51 @@ def bridge_error(text: str) -> GatewayError:
     return UpstreamError("LMArena Bridge failed to get an answer from lmarena.ai" + said, code="bridge_error")
 
 
-class LMArenaBridge(Provider):
+class BridgeStream(SSEChatStream):
+    """The bridge reports failures mid-stream as content `\\n\\n[LMArena Bridge Error]: ...` with HTTP 200."""
+
+    def inspect(self, chunk: Chunk) -> Iterator[Chunk]:
+        # Cheap test on the raw text first: nearly every chunk is plain content.
+        if ERROR_MARKER in chunk.text:
+            content = _delta_text(chunk.obj)
+            if ERROR_MARKER in content:
+                before, _, text = content.partition(ERROR_MARKER)
+                if before.strip():
+                    obj = chunk.obj
+                    obj["choices"][0]["delta"]["content"] = before.rstrip("\n")
+                    yield Chunk(json.dumps(obj, ensure_ascii=False), obj)
+                raise bridge_error(text)
+        yield chunk
+
+    def error_chunk(self, obj: dict[str, Any]) -> GatewayError:
+        return bridge_error(upstream_message(obj))
+
+
+class LMArenaBridge(OpenAICompatible):
     """Chat, images (through chat) and model listing via LMArenaBridge's OpenAI-style API."""
 
     name = "lmarena_bridge"
     label = "LMArena Bridge"
     selector = "bridge_direct"
+    stream_class = BridgeStream
+    # The bridge has no /health; /v1/models needs no key, and 404 there only means models.json is empty.
+    health_ok = frozenset({200, 404})
 
     def __init__(self, settings: ProviderSettings, files: BridgeFiles | None = None) -> None:
         super().__init__(settings)
-        self.client = UpstreamClient(
-            self.label,
-            settings.base_url,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.first_byte_timeout,
-        )
         self.files = files or BridgeFiles()
         cache = settings.models_cache_seconds
         self._remote_models = Refreshing(self._fetch_remote_models, cache, min(5.0, cache))
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         # The bridge on the same machine keeps its key in config.jsonc; use it when no key is configured here.
         key = self.settings.api_key or str(self.files.config.get("api_key") or "")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def chat(self, request: ChatRequest, timeout: float | None = None) -> dict[str, Any]:
-        response = self.client.request(
-            "POST",
-            "/v1/chat/completions",
-            body=request.upstream_body(False),
-            headers=self._headers(),
-            read_timeout=timeout,
-        )
-        if response.status_code != 200:
-            raise self._http_error(response.status_code, read_error_body(response), response.headers)
-        try:
-            data = response.json()
-        except ValueError:
-            raise UpstreamError(f"{self.label} answered with something that is not JSON.") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise UpstreamError(f"{self.label} answered JSON that is not a chat completion.")
+    def check_completion(self, data: dict[str, Any]) -> None:
         content = _message_text(data)
         if ERROR_MARKER in content:
             raise bridge_error(content.partition(ERROR_MARKER)[2])
-        return data
-
-    def stream(self, request: ChatRequest, timer: StreamTimer) -> BridgeStream:
-        response = self.client.request(
-            "POST",
-            "/v1/chat/completions",
-            body=request.upstream_body(True),
-            headers=self._headers(),
-            stream=True,
-            read_timeout=timer.read_timeout(),
-        )
-        if response.status_code != 200:
-            raise self._http_error(response.status_code, read_error_body(response), response.headers)
-        return BridgeStream(self.client, response, timer)
 
     def image_models(self) -> list[str]:
         """Return the models.json names typed `:image`."""
@@ -156,27 +144,10 @@ class LMArenaBridge(Provider):
         # 404 is the bridge's way of saying its models.json is empty.
         return [] if response.status_code == 404 else None
 
-    def health(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
-            response = self.client.request("GET", "/v1/models", read_timeout=self.settings.health_timeout)
-            response.close()
-        except GatewayError as exc:
-            return {"ok": False, "error": exc.message, "latency_ms": _ms_since(started)}
-        # The bridge answers 404 when its models.json is empty: it is up all the same.
-        ok = response.status_code in (200, 404)
-        result = {"ok": ok, "status_code": response.status_code, "latency_ms": _ms_since(started)}
-        if not ok:
-            result["error"] = f"HTTP {response.status_code} from /v1/models"
-        return result
-
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "base_url": self.client.public_url, "models_file": bool(self.files.models)}
+        return {**super().describe(), "models_file": bool(self.files.models)}
 
-    def close(self) -> None:
-        self.client.close()
-
-    def _http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
+    def http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
         said = upstream_message(body)
         if (status == 500 and ERROR_MARKER in said) or (status == 413 and _TOO_LARGE in said):
             return bridge_error(said.partition(ERROR_MARKER)[2] or said)
@@ -204,26 +175,6 @@ class LMArenaBridge(Provider):
         return status_error(self.label, status, said, headers)
 
 
-class BridgeStream(SSEChatStream):
-    """The bridge reports failures mid-stream as content `\\n\\n[LMArena Bridge Error]: ...` with HTTP 200."""
-
-    def inspect(self, chunk: Chunk) -> Iterator[Chunk]:
-        # Cheap test on the raw text first: nearly every chunk is plain content.
-        if ERROR_MARKER in chunk.text:
-            content = _delta_text(chunk.obj)
-            if ERROR_MARKER in content:
-                before, _, text = content.partition(ERROR_MARKER)
-                if before.strip():
-                    obj = chunk.obj
-                    obj["choices"][0]["delta"]["content"] = before.rstrip("\n")
-                    yield Chunk(json.dumps(obj, ensure_ascii=False), obj)
-                raise bridge_error(text)
-        yield chunk
-
-    def error_chunk(self, obj: dict[str, Any]) -> GatewayError:
-        return bridge_error(upstream_message(obj))
-
-
 def _delta_text(obj: dict[str, Any]) -> str:
     try:
         content = obj["choices"][0]["delta"].get("content")
@@ -238,7 +189,3 @@ def _message_text(data: dict[str, Any]) -> str:
     except (KeyError, IndexError, TypeError, AttributeError):
         return ""
     return content if isinstance(content, str) else ""
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)

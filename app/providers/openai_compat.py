@@ -1,0 +1,96 @@
+"""What LMArenaBridge and yupp2Api have in common: OpenAI's chat API over pooled HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..errors import GatewayError, UpstreamError
+from .base import ChatRequest, Provider, ProviderSettings
+from .http import StreamTimer, UpstreamClient, read_error_body, status_error, upstream_message
+from .stream import SSEChatStream
+
+
+class OpenAICompatible(Provider):
+    """POST /v1/chat/completions (JSON or SSE) and a cheap GET for health; subclasses add their upstream's habits."""
+
+    stream_class = SSEChatStream
+    health_path = "/v1/models"
+    health_ok = frozenset({200})
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        super().__init__(settings)
+        self.client = UpstreamClient(
+            self.label,
+            settings.base_url,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.first_byte_timeout,
+        )
+
+    def headers(self) -> dict[str, str]:
+        """Return the headers that authenticate the gateway to the upstream."""
+        key = self.settings.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def chat(self, request: ChatRequest, timeout: float | None = None) -> dict[str, Any]:
+        response = self.client.request(
+            "POST",
+            "/v1/chat/completions",
+            body=request.upstream_body(False),
+            headers=self.headers(),
+            read_timeout=timeout,
+        )
+        if response.status_code != 200:
+            raise self.http_error(response.status_code, read_error_body(response), response.headers)
+        try:
+            data = response.json()
+        except ValueError:
+            raise UpstreamError(f"{self.label} answered with something that is not JSON.") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"{self.label} answered JSON that is not a chat completion.")
+        self.check_completion(data)
+        return data
+
+    def check_completion(self, data: dict[str, Any]) -> None:
+        """Raise GatewayError when a 200 completion is really an error."""
+
+    def stream(self, request: ChatRequest, timer: StreamTimer) -> SSEChatStream:
+        response = self.client.request(
+            "POST",
+            "/v1/chat/completions",
+            body=request.upstream_body(True),
+            headers=self.headers(),
+            stream=True,
+            read_timeout=timer.read_timeout(),
+        )
+        # Refusals come as plain JSON with an error status, even when a stream was asked for.
+        if response.status_code != 200:
+            raise self.http_error(response.status_code, read_error_body(response), response.headers)
+        return self.stream_class(self.client, response, timer)
+
+    def http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
+        """Translate an error status; subclasses catch their upstream's special cases first."""
+        return status_error(self.label, status, upstream_message(body), headers)
+
+    def health(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            response = self.client.request("GET", self.health_path, read_timeout=self.settings.health_timeout)
+            response.close()
+        except GatewayError as exc:
+            return {"ok": False, "error": exc.message, "latency_ms": _ms_since(started)}
+        ok = response.status_code in self.health_ok
+        result = {"ok": ok, "status_code": response.status_code, "latency_ms": _ms_since(started)}
+        if not ok:
+            result["error"] = f"HTTP {response.status_code} from {self.health_path}"
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "base_url": self.client.public_url}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
