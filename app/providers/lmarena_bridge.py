@@ -19,7 +19,7 @@ from ..errors import (
 from .base import Chunk, ProviderSettings
 from .bridge_files import BridgeFiles
 from .cache import Refreshing
-from .http import read_error_body, status_error, upstream_message
+from .http import status_error, upstream_message
 from .openai_compat import OpenAICompatible
 from .stream import SSEChatStream
 
@@ -97,7 +97,7 @@ class LMArenaBridge(OpenAICompatible):
         super().__init__(settings)
         self.files = files or BridgeFiles()
         cache = settings.models_cache_seconds
-        self._remote_models = Refreshing(self._fetch_remote_models, cache, min(5.0, cache))
+        self._remote_models = Refreshing(self.fetch_models, cache, min(5.0, cache))
 
     def headers(self) -> dict[str, str]:
         # The bridge on the same machine keeps its key in config.jsonc; use it when no key is configured here.
@@ -132,17 +132,9 @@ class LMArenaBridge(OpenAICompatible):
             listed.setdefault(item["id"], item.get("created") or created)
         return [{"id": name, "object": "model", "created": ts, "owned_by": self.name} for name, ts in listed.items()]
 
-    def _fetch_remote_models(self) -> list[dict[str, Any]] | None:
-        try:
-            response = self.client.request("GET", "/v1/models", read_timeout=self.settings.health_timeout)
-            body = response.json() if response.status_code == 200 else read_error_body(response)
-        except (GatewayError, ValueError) as exc:
-            log.info("model list from %s unavailable: %s", self.label, exc)
-            return None
-        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
-            return [m for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    def models_when_refused(self, status: int) -> list[dict[str, Any]] | None:
         # 404 is the bridge's way of saying its models.json is empty.
-        return [] if response.status_code == 404 else None
+        return [] if status == 404 else super().models_when_refused(status)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "models_file": bool(self.files.models)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,6 +10,8 @@ from ..errors import GatewayError, UpstreamError
 from .base import ChatRequest, Provider, ProviderSettings
 from .http import StreamTimer, UpstreamClient, read_error_body, status_error, upstream_message
 from .stream import SSEChatStream
+
+log = logging.getLogger(__name__)
 
 
 class OpenAICompatible(Provider):
@@ -67,6 +70,26 @@ class OpenAICompatible(Provider):
         if response.status_code != 200:
             raise self.http_error(response.status_code, read_error_body(response), response.headers)
         return self.stream_class(self.client, response, timer)
+
+    def fetch_models(self) -> list[dict[str, Any]] | None:
+        """Return the upstream's /v1/models entries, or None when it cannot say (bounded by the health timeout)."""
+        # yupp2Api freezes whole while yupp.ai is slow, model listing included: hence the short timeout.
+        try:
+            response = self.client.request(
+                "GET", "/v1/models", headers=self.headers(), read_timeout=self.settings.health_timeout
+            )
+            body = response.json() if response.status_code == 200 else read_error_body(response)
+        except (GatewayError, ValueError) as exc:
+            log.info("model list from %s unavailable: %s", self.label, exc)
+            return None
+        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
+            return [m for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return self.models_when_refused(response.status_code)
+
+    def models_when_refused(self, status: int) -> list[dict[str, Any]] | None:
+        """Return the model list an error status stands for (None: unknown)."""
+        log.info("model list from %s: HTTP %s", self.label, status)
+        return None
 
     def http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
         """Translate an error status; subclasses catch their upstream's special cases first."""

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import GatewayError, UpstreamError, UpstreamUnavailable
 from .base import ProviderSettings
 from .cache import Refreshing
-from .http import read_error_body, status_error, upstream_message
+from .http import status_error, upstream_message
 from .openai_compat import OpenAICompatible
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class Yupp2Api(OpenAICompatible):
     def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)
         cache = settings.models_cache_seconds
-        self._models = Refreshing(self._fetch_models, cache, min(5.0, cache))
+        self._models = Refreshing(self.fetch_models, cache, min(5.0, cache))
 
     def models(self) -> list[dict[str, Any]]:
         models = self._models.get()
@@ -41,21 +41,6 @@ class Yupp2Api(OpenAICompatible):
         return [
             {"id": m["id"], "object": "model", "created": m.get("created") or 0, "owned_by": self.name} for m in models
         ]
-
-    def _fetch_models(self) -> list[dict[str, Any]] | None:
-        # A slow yupp.ai freezes the whole yupp2Api, model listing included: the short health timeout bounds it.
-        try:
-            response = self.client.request(
-                "GET", "/v1/models", headers=self.headers(), read_timeout=self.settings.health_timeout
-            )
-            body = response.json() if response.status_code == 200 else read_error_body(response)
-        except (GatewayError, ValueError) as exc:
-            log.info("model list from %s unavailable: %s", self.label, exc)
-            return None
-        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
-            return [m for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        log.info("model list from %s: HTTP %s", self.label, response.status_code)
-        return None
 
     def http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
         said = upstream_message(body)
