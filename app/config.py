@@ -38,6 +38,10 @@ def _url(value: Any) -> str:
     return url
 
 
+def _optional_url(value: Any) -> str:
+    return _url(value) if _text(value) else ""
+
+
 def _number(value: Any) -> float:
     try:
         number = float(value) if not isinstance(value, bool) else float("nan")
@@ -225,6 +229,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_SESSION_ACTIVE_SECONDS", 300.0, _number),
     Setting("GATEWAY_SESSION_CLEANUP_DAYS", 30.0, _number),
     Setting("GATEWAY_CRON_TOKEN", "", _text, secret=True),
+    Setting("GATEWAY_USERSCRIPT_SECRET", "", _text, secret=True),
+    Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
     Setting("DEBUG_MODE", False, _flag),
     Setting("LOG_REQUESTS", False, _flag),

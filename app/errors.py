@@ -73,6 +73,12 @@ class AuthenticationError(GatewayError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(GatewayError):
+    status_code = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFoundError(GatewayError):
     status_code = 404
     type = "invalid_request_error"

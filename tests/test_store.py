@@ -129,3 +129,16 @@ def test_cleanup_by_age_with_dry_run(store):
 def test_redis_down_is_a_store_error(tmp_path):
     with pytest.raises(StoreError):
         RedisSessionStore("redis://127.0.0.1:9/0", timeout=0.5)
+
+
+def test_reregistration_can_keep_admin_set_fields(store):
+    reg(store, make(bridge_base_url="http://127.0.0.1:5202", models={"gpt-5": "983bc566"}))
+    update = make()
+    now = utcnow()
+    stored, created = store.register(update, now=now, limit=10, active_since=now - timedelta(minutes=5),
+                                     keep=frozenset({"bridge_base_url", "models"}))
+    assert created is False
+    got = store.get("lmarena.ai", "s1")
+    assert got.session_id == update.session_id
+    assert (got.bridge_base_url, got.models) == ("http://127.0.0.1:5202", {"gpt-5": "983bc566"})
+    assert (stored.bridge_base_url, stored.models) == (got.bridge_base_url, got.models)

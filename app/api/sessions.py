@@ -4,18 +4,33 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
+from .. import regtokens
 from ..auth import require_admin
-from ..errors import NotFoundError
+from ..errors import AuthenticationError, NotFoundError, PermissionDenied
 from ..sessions import active_since, check_domain, check_name, parse_registration, to_api
 from ..store import get_store
-from ..store.base import utcnow
+from ..store.base import KEEPABLE, utcnow
 from ..validation import read_json_body
 
 bp = Blueprint("sessions", __name__, url_prefix="/session")
-bp.before_request(require_admin)
 
 # A registration is a few hundred bytes; there is no reason to accept megabytes.
 MAX_BODY = 64 * 1024
+
+
+def _authorize(domain: str, name: str) -> bool:
+    """Accept the admin key, or a registration token covering (domain, name); return whether it was a token."""
+    token = request.headers.get("X-Registration-Token", "").strip()
+    if not token or not current_app.config["GATEWAY_ADMIN_KEY"]:
+        require_admin()
+        return False
+    if regtokens.scope(current_app.extensions["regtoken_secret"], token) is None:
+        raise AuthenticationError(
+            "Invalid or revoked registration token: generate the userscript again.", code="invalid_registration_token"
+        )
+    if not regtokens.allows(token, domain, name):
+        raise PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
+    return True
 
 
 def _missing(domain: str, name: str) -> NotFoundError:
@@ -25,10 +40,17 @@ def _missing(domain: str, name: str) -> NotFoundError:
 @bp.post("/register")
 def register():
     """Create or update a session, marking it seen; 201 when new."""
-    session = parse_registration(read_json_body(MAX_BODY))
-    now = utcnow()
+    body = read_json_body(MAX_BODY)
+    session = parse_registration(body)
+    if _authorize(session.domain, session.session_name) and KEEPABLE & body.keys():
+        # A userscript's token may report ids, not point the gateway at another bridge.
+        raise PermissionDenied("Only the admin key may set bridge_base_url or models.")
     stored, created = get_store().register(
-        session, now=now, limit=current_app.config["GATEWAY_CONCURRENT_SESSIONS_LIMIT"], active_since=active_since()
+        session,
+        now=utcnow(),
+        limit=current_app.config["GATEWAY_CONCURRENT_SESSIONS_LIMIT"],
+        active_since=active_since(),
+        keep=KEEPABLE - body.keys(),
     )
     return {"session": to_api(stored), "created": created}, 201 if created else 200
 
@@ -38,6 +60,7 @@ def heartbeat():
     """Mark a session seen now, so it keeps counting as active."""
     body = read_json_body(MAX_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
+    _authorize(domain, name)
     session = get_store().heartbeat(domain, name, now=utcnow())
     if session is None:
         raise _missing(domain, name)
@@ -47,6 +70,7 @@ def heartbeat():
 @bp.get("/list")
 def list_sessions():
     """List sessions, of one domain with ?domain=."""
+    require_admin()
     domain = request.args.get("domain")
     sessions = get_store().list(check_domain(domain) if domain else None)
     return {"object": "list", "data": [to_api(s) for s in sessions], "count": len(sessions)}
@@ -55,6 +79,7 @@ def list_sessions():
 @bp.get("/<domain>/<name>")
 def show(domain: str, name: str):
     """Show one session."""
+    require_admin()
     domain, name = check_domain(domain), check_name(name)
     session = get_store().get(domain, name)
     if session is None:
@@ -65,6 +90,7 @@ def show(domain: str, name: str):
 @bp.delete("/<domain>/<name>")
 def delete(domain: str, name: str):
     """Delete one session."""
+    require_admin()
     domain, name = check_domain(domain), check_name(name)
     if not get_store().delete(domain, name):
         raise _missing(domain, name)

@@ -9,6 +9,8 @@ from typing import Any
 from ..errors import GatewayError, RateLimitError
 
 SCHEMA_VERSION = 1
+# Fields a re-registration may leave as they are (a userscript sends only the ids it captured).
+KEEPABLE = frozenset({"bridge_base_url", "models"})
 
 
 def utcnow() -> datetime:
@@ -86,8 +88,12 @@ class SessionStore:
         """Return the sessions of one domain, or of all, ordered by domain then name."""
         raise NotImplementedError
 
-    def register(self, session: Session, *, now: datetime, limit: int, active_since: datetime) -> tuple[Session, bool]:
+    def register(
+        self, session: Session, *, now: datetime, limit: int, active_since: datetime, keep: frozenset[str] = frozenset()
+    ) -> tuple[Session, bool]:
         """Create or update a session and mark it seen; return it and whether it is new.
+
+        Fields named in keep (bridge_base_url, models) keep their stored value when the session exists.
 
         :raise SessionLimitReached: when it is not active yet and its domain already has `limit` active sessions.
         """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .base import Session, SessionStore, isoformat, limit_error, seen_since
+from .base import KEEPABLE, Session, SessionStore, isoformat, limit_error, seen_since
 from .jsonfile import LockedJsonFile, StoreCorrupt, Table
 
 __all__ = ["JsonSessionStore", "StoreCorrupt"]
@@ -36,7 +36,9 @@ class JsonSessionStore(SessionStore):
         domains = [domain] if domain else sorted(data)
         return [Session.from_record(d, n, r) for d in domains for n, r in sorted(data.get(d, {}).items())]
 
-    def register(self, session: Session, *, now: datetime, limit: int, active_since: datetime) -> tuple[Session, bool]:
+    def register(
+        self, session: Session, *, now: datetime, limit: int, active_since: datetime, keep: frozenset[str] = frozenset()
+    ) -> tuple[Session, bool]:
         stamp = isoformat(now)
 
         def change(current: Table):
@@ -48,6 +50,9 @@ class JsonSessionStore(SessionStore):
                 active = sum(1 for n, r in names.items() if n != session.session_name and r["last_seen_at"] >= since)
                 if active >= limit:
                     raise limit_error(session.domain, limit, (now - active_since).total_seconds())
+            for name in keep & KEEPABLE:
+                if existing and name in existing:
+                    setattr(session, name, existing[name])
             session.created_at = existing["created_at"] if existing else stamp
             session.updated_at = session.last_seen_at = stamp
             names[session.session_name] = session.record()

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from .base import Session, SessionStore, StoreError, isoformat, limit_error
+from .base import KEEPABLE, Session, SessionStore, StoreError, isoformat, limit_error
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,14 @@ if (not score) or tonumber(score) < tonumber(ARGV[4]) then
   if redis.call('ZCOUNT', KEYS[2], ARGV[4], '+inf') >= tonumber(ARGV[5]) then return -1 end
 end
 local new = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'last_seen_at', ARGV[6])
+local record = ARGV[2]
+if (not new) and (ARGV[8] ~= '' ) then
+  local old = cjson.decode(redis.call('HGET', KEYS[1], 'record'))
+  local merged = cjson.decode(record)
+  for field in string.gmatch(ARGV[8], '[^,]+') do merged[field] = old[field] end
+  record = cjson.encode(merged)
+end
+redis.call('HSET', KEYS[1], 'record', record, 'last_seen_at', ARGV[6])
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[7])
@@ -96,7 +103,9 @@ class RedisSessionStore(SessionStore):
             found = zip(wanted, pipe.execute(), strict=True)
         return [s for (d, n), fields in found if (s := self._session(d, n, fields))]
 
-    def register(self, session: Session, *, now: datetime, limit: int, active_since: datetime) -> tuple[Session, bool]:
+    def register(
+        self, session: Session, *, now: datetime, limit: int, active_since: datetime, keep: frozenset[str] = frozenset()
+    ) -> tuple[Session, bool]:
         stamp = isoformat(now)
         session.updated_at = session.last_seen_at = stamp
         record = {k: v for k, v in session.record().items() if k not in ("created_at", "last_seen_at")}
@@ -109,6 +118,7 @@ class RedisSessionStore(SessionStore):
             limit,
             stamp,
             session.domain,
+            ",".join(sorted(keep & KEEPABLE)),
         ]
         with self._guard():
             outcome = self._register(keys=keys, args=args)

@@ -1,0 +1,96 @@
+"""Registration tokens: what a userscript carries instead of the admin key, good for one session name and domains."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable
+
+from flask import Flask, current_app
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "v1"
+SECRET_FILE = "userscript.secret"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signature(secret: bytes, payload: str) -> str:
+    return _b64(hmac.new(secret, f"{PREFIX}.{payload}".encode(), hashlib.sha256).digest())
+
+
+def mint(secret: bytes, session_name: str, domains: Iterable[str]) -> str:
+    """Return a token that lets its holder register and heartbeat session_name on these domains only."""
+    payload = _b64(json.dumps({"n": session_name, "d": sorted(set(domains))}, separators=(",", ":")).encode())
+    return f"{PREFIX}.{payload}.{_signature(secret, payload)}"
+
+
+def scope(secret: bytes, token: str) -> tuple[str, frozenset[str]] | None:
+    """Return (session_name, domains) a genuine token covers, or None for anything else."""
+    try:
+        prefix, payload, signature = token.split(".")
+    except ValueError:
+        return None
+    if prefix != PREFIX or not hmac.compare_digest(signature, _signature(secret, payload)):
+        return None
+    try:
+        claims = json.loads(_unb64(payload))
+        return str(claims["n"]), frozenset(claims["d"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def allows(token: str, domain: str, session_name: str) -> bool:
+    """Return whether token covers (domain, session_name) under the current secret."""
+    covered = scope(current_app.extensions["regtoken_secret"], token)
+    return covered is not None and covered[0] == session_name and domain in covered[1]
+
+
+def init_app(app: Flask) -> None:
+    """Load the signing secret: GATEWAY_USERSCRIPT_SECRET, else one generated once into the storage folder."""
+    configured = app.config["GATEWAY_USERSCRIPT_SECRET"]
+    if configured:
+        app.extensions["regtoken_secret"] = configured.encode()
+        return
+    path = os.path.join(os.path.dirname(app.config["STORAGE_PATH"]), SECRET_FILE)
+    try:
+        app.extensions["regtoken_secret"] = _read_or_create(path)
+    except OSError as exc:
+        raise ConfigError(f"GATEWAY_USERSCRIPT_SECRET is empty and {path} cannot be created: {exc.strerror}") from None
+
+
+def _read_or_create(path: str) -> bytes:
+    try:
+        # O_EXCL: when several Passenger processes start together, exactly one writes the secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process may have created it a moment ago and still be writing: wait for it, briefly.
+        for _ in range(100):
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+            if secret:
+                return secret
+            time.sleep(0.01)
+        raise OSError(0, "it is empty") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_urlsafe(48).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    log.info("generated the userscript token secret in %s (delete it to revoke every issued script)", path)
+    with open(path, "rb") as f:
+        return f.read().strip()
