@@ -121,6 +121,9 @@ class LiveServer:
         self.thread.start()
 
     def stop(self) -> None:
+        if not self.thread.is_alive():
+            return  # already stopped (a test may stop a server its fixture stops again)
+
         def close_all() -> None:
             # The listener, kept-alive connections and the trigger itself: with none left the loop ends.
             for channel in list(self.server._map.values()):

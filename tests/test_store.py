@@ -135,8 +135,13 @@ def test_reregistration_can_keep_admin_set_fields(store):
     reg(store, make(bridge_base_url="http://127.0.0.1:5202", models={"gpt-5": "983bc566"}))
     update = make()
     now = utcnow()
-    stored, created = store.register(update, now=now, limit=10, active_since=now - timedelta(minutes=5),
-                                     keep=frozenset({"bridge_base_url", "models"}))
+    stored, created = store.register(
+        update,
+        now=now,
+        limit=10,
+        active_since=now - timedelta(minutes=5),
+        keep=frozenset({"bridge_base_url", "models"}),
+    )
     assert created is False
     got = store.get("lmarena.ai", "s1")
     assert got.session_id == update.session_id
