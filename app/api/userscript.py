@@ -40,9 +40,13 @@ class Options:
     persist: bool = True
 
     def query(self) -> dict[str, str]:
-        return {"domains": ",".join(self.domains), "heartbeat": str(self.heartbeat_seconds),
-                "debug": str(int(self.debug)), "auto_retry": str(int(self.auto_retry)),
-                "persist": str(int(self.persist))}
+        return {
+            "domains": ",".join(self.domains),
+            "heartbeat": str(self.heartbeat_seconds),
+            "debug": str(int(self.debug)),
+            "auto_retry": str(int(self.auto_retry)),
+            "persist": str(int(self.persist)),
+        }
 
 
 def _flag(args, name: str, default: bool) -> bool:
@@ -62,10 +66,17 @@ def parse_options(args, session_name: str | None = None) -> Options:
     except ValueError:
         heartbeat = -1
     if not HEARTBEAT_RANGE[0] <= heartbeat <= HEARTBEAT_RANGE[1]:
-        raise InvalidRequestError(f"'heartbeat' must be {HEARTBEAT_RANGE[0]}-{HEARTBEAT_RANGE[1]} seconds.",
-                                  param="heartbeat")
-    return Options(name, domains, heartbeat, _flag(args, "debug", False), _flag(args, "auto_retry", True),
-                   _flag(args, "persist", True))
+        raise InvalidRequestError(
+            f"'heartbeat' must be {HEARTBEAT_RANGE[0]}-{HEARTBEAT_RANGE[1]} seconds.", param="heartbeat"
+        )
+    return Options(
+        name,
+        domains,
+        heartbeat,
+        _flag(args, "debug", False),
+        _flag(args, "auto_retry", True),
+        _flag(args, "persist", True),
+    )
 
 
 def gateway_url() -> str:
@@ -79,7 +90,7 @@ def gateway_url() -> str:
 
 def absolute(endpoint: str, **values: Any) -> str:
     """Return the public URL of an endpoint (url_for's path already holds any sub-URI, so do not add it twice)."""
-    return gateway_url() + url_for(endpoint, **values)[len(request.script_root):]
+    return gateway_url() + url_for(endpoint, **values)[len(request.script_root) :]
 
 
 def render_script(options: Options, token: str) -> str:
@@ -110,21 +121,31 @@ def _admin_ok() -> bool:
 def _wants_script() -> bool:
     accept = request.accept_mimetypes
     return request.values.get("format") == "raw" or (
-        accept.best_match(["text/html", "text/javascript", "application/javascript"]) in
-        ("text/javascript", "application/javascript")
+        accept.best_match(["text/html", "text/javascript", "application/javascript"])
+        in ("text/javascript", "application/javascript")
     )
 
 
 def _script_response(body: str, session_name: str) -> Response:
-    return Response(body, mimetype="text/javascript", headers={
-        "Content-Disposition": f'inline; filename="{session_name}.user.js"', "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff"})
+    return Response(
+        body,
+        mimetype="text/javascript",
+        headers={
+            "Content-Disposition": f'inline; filename="{session_name}.user.js"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 def _generate(advanced: bool):
     values = request.values
-    page = {"advanced": advanced, "domains": current_app.config["GATEWAY_SESSION_DOMAINS"],
-            "needs_key": bool(current_app.config["GATEWAY_ADMIN_KEY"]), "values": values}
+    page = {
+        "advanced": advanced,
+        "domains": current_app.config["GATEWAY_SESSION_DOMAINS"],
+        "needs_key": bool(current_app.config["GATEWAY_ADMIN_KEY"]),
+        "values": values,
+    }
     if not values.get("session_name"):
         if _wants_script():
             raise InvalidRequestError("'session_name' is required.", param="session_name")
@@ -138,16 +159,22 @@ def _generate(advanced: bool):
     if not _admin_ok():
         if _wants_script():
             raise AuthenticationError("Generating a userscript needs the admin key.")
-        error = "Enter the gateway's admin key to generate a script." if not values.get("admin_key") else \
-            "That admin key is not right."
+        error = (
+            "Enter the gateway's admin key to generate a script."
+            if not values.get("admin_key")
+            else "That admin key is not right."
+        )
         return render_template("userscript/install.html", **page, error=error), 401, PAGE_HEADERS
     token = regtokens.mint(current_app.extensions["regtoken_secret"], options.session_name, options.domains)
     script = render_script(options, token)
     if _wants_script():
         return _script_response(script, options.session_name)
     install_url = url_for("userscript.script", session_name=options.session_name, **options.query(), token=token)
-    return render_template("userscript/install.html", **page, options=options, script=script,
-                           install_url=install_url), 200, PAGE_HEADERS
+    return (
+        render_template("userscript/install.html", **page, options=options, script=script, install_url=install_url),
+        200,
+        PAGE_HEADERS,
+    )
 
 
 @bp.route("/generate", methods=["GET", "POST"])
@@ -174,7 +201,10 @@ def script(session_name: str):
             if request.headers.get("Authorization") or request.headers.get("X-Admin-Key"):
                 require_admin()
             else:
-                raise AuthenticationError("This script link is not valid (or its token was revoked): generate it "
-                                          "again from /userscript/generate.", code="invalid_registration_token")
+                raise AuthenticationError(
+                    "This script link is not valid (or its token was revoked): generate it "
+                    "again from /userscript/generate.",
+                    code="invalid_registration_token",
+                )
         token = regtokens.mint(secret, options.session_name, options.domains)
     return _script_response(render_script(options, token), options.session_name)
