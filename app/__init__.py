@@ -42,9 +42,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def configure_logging(app: Flask) -> None:
-    """Send the gateway's logs to stderr (Passenger's log) once per process."""
+    """Send the gateway's logs to stderr (Passenger's log), once per line, with level and logger name."""
     logger = logging.getLogger("app")
     logger.setLevel(logging.DEBUG if app.config["DEBUG_MODE"] else logging.INFO)
+    # Passenger's loader puts its own handler on the root logger: propagating would print every line twice, the
+    # second time without level or logger name. Tests keep propagation for pytest's log capture.
+    logger.propagate = bool(app.testing)
     if not any(getattr(h, "_gateway", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
