@@ -1,0 +1,1 @@
+"""Deployment tests: the gateway under a real Apache + mod_passenger on loopback, as cPanel runs it."""
