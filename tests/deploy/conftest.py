@@ -9,10 +9,11 @@ from .apache import Deployment, missing_tools
 
 @pytest.fixture(scope="session")
 def deployment(request, tmp_path_factory):
-    """Build the app user and virtualenv once per session; skip when Apache/Passenger/Python 3.11 are missing."""
+    """Build the app user and virtualenv once per session; fail when Apache/Passenger/Python 3.11 are missing."""
     missing = missing_tools()
     if missing:
-        pytest.skip(f"needs Debian packages {' '.join(missing)} (run tests/install-system-deps.sh as root)")
+        # make test installs them first: a missing one is a broken set-up to see, not a test to skip quietly.
+        pytest.fail(f"needs Debian packages {' '.join(missing)} (run tests/install-system-deps.sh as root)")
     # pip's cache outlives the session in pytest's cache folder, so later sessions install from it quickly.
     cache = getattr(request.config, "cache", None)
     pip_cache = cache.mkdir("deploy-pip-cache") if cache is not None else tmp_path_factory.mktemp("pip-cache")
