@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import regtokens, requestlog, store
+from . import observe, regtokens, requestlog, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -67,6 +67,7 @@ def register_services(app: Flask) -> None:
     app.extensions["started"] = time.monotonic()
     store.init_app(app)
     regtokens.init_app(app)
+    observe.init_app(app)
     router.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g
+from flask import Flask, g, has_request_context
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ _HTTP_CODES = {
 
 def error_response(error: GatewayError):
     """Return a Flask response tuple for a GatewayError."""
+    if has_request_context():
+        g.error_code = error.code  # for the request's analytics event
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))

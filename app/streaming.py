@@ -11,9 +11,11 @@ from typing import Any
 
 from . import sse
 from .errors import GatewayError
+from .observe import StreamObserver
 from .providers.base import ChatRequest, ChatStream, Chunk
 from .providers.dispatch import Dispatcher
 from .providers.http import ensure_gateway_error
+from .providers.stream import carries_content
 from .tokens import estimate_tokens, prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -137,13 +139,17 @@ class ChunkRelay:
             text = json.dumps(obj, ensure_ascii=False)
         yield sse.frame(text)
 
-    def usage_frame(self) -> bytes:
+    def usage(self) -> dict[str, Any]:
+        """Return the upstream's usage, or an estimate when it reported none."""
         usage = self.upstream_usage
         if not usage or not usage.get("completion_tokens"):
             prompt = prompt_tokens(self.request.body.get("messages"))
             completion = estimate_tokens(self.completion_chars)
             usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return sse.json_frame(self._chunk([], usage=usage))
+        return usage
+
+    def usage_frame(self) -> bytes:
+        return sse.json_frame(self._chunk([], usage=self.usage()))
 
     def _chunk(self, choices: list, **extra: Any) -> dict[str, Any]:
         return {
@@ -156,10 +162,13 @@ class ChunkRelay:
         }
 
 
-def relay(pump: StreamPump, first: Item | None, request: ChatRequest, keepalive: float) -> Iterator[bytes]:
+def relay(
+    pump: StreamPump, first: Item | None, request: ChatRequest, keepalive: float, observer: StreamObserver | None = None
+) -> Iterator[bytes]:
     """Yield SSE frames as upstream chunks arrive, ending with `data: [DONE]` whatever happens."""
     chunks = ChunkRelay(request)
     item = first
+    error_code = None
     try:
         if first is None:
             # A whole interval has passed already while the view waited for the upstream's verdict.
@@ -174,9 +183,15 @@ def relay(pump: StreamPump, first: Item | None, request: ChatRequest, keepalive:
             kind, value = item
             item = None
             if kind == CHUNK:
+                if observer is not None and observer.first_content is None and carries_content(value.obj):
+                    observer.content()
                 yield from chunks.frames(value)
+            elif kind == OPENED:
+                if observer is not None:
+                    observer.opened(value)
             elif kind == ERROR:
                 error: GatewayError = value
+                error_code = error.code
                 log.info("stream ended with error: %s", error.code)
                 yield sse.json_frame(error.to_dict())
                 break
@@ -186,4 +201,6 @@ def relay(pump: StreamPump, first: Item | None, request: ChatRequest, keepalive:
                 break
     finally:
         pump.close()
+        if observer is not None:
+            observer.finished(error_code, chunks.usage())
     yield sse.DONE

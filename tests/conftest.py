@@ -20,11 +20,13 @@ ADMIN_KEY = "sk-admin-test"
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch):
-    """Keep the developer's shell settings out of the tests."""
+def _clean_environment(monkeypatch, tmp_path):
+    """Keep the developer's shell settings out of the tests, and every test's data out of the repo's storage/."""
     for setting in SETTINGS:
         monkeypatch.delenv(setting.name, raising=False)
     monkeypatch.delenv("GATEWAY_ENV_FILE", raising=False)
+    monkeypatch.setenv("STORAGE_PATH", str(tmp_path / "default-storage" / "sessions.json"))
+    monkeypatch.setenv("GATEWAY_ANALYTICS_PATH", str(tmp_path / "default-storage" / "analytics.sqlite3"))
 
 
 @pytest.fixture
@@ -73,6 +75,7 @@ def make_app(bridge, tmp_path):
             "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
             "GATEWAY_HEALTH_CACHE_SECONDS": 5,
             "STORAGE_PATH": str(tmp_path / "storage" / "sessions.json"),
+            "GATEWAY_ANALYTICS_PATH": str(tmp_path / "storage" / "analytics.sqlite3"),
             # Quick retries; Retry-After beyond 1 s means "try elsewhere" instead of a slow test.
             "GATEWAY_RETRY_BASE_DELAY": 0.01,
             "GATEWAY_RETRY_MAX_DELAY": 0.05,
@@ -86,6 +89,8 @@ def make_app(bridge, tmp_path):
     yield factory
     for app in apps:
         app.extensions["router"].close()  # pooled upstream connections
+        if app.extensions.get("analytics") is not None:
+            app.extensions["analytics"].close()
 
 
 @pytest.fixture

@@ -93,7 +93,11 @@ def test_documented_flask_command_runs_against_the_store(tmp_path):
     store = JsonSessionStore(str(path))
     seed(store, "old", 400)
     seed(store, "fresh", 0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LMARENA_", "GATEWAY_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k == "GATEWAY_ANALYTICS_PATH" or not k.startswith(("LMARENA_", "GATEWAY_"))
+    }
     env.update(GATEWAY_ENV_FILE="", STORAGE_PATH=str(path))
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "passenger_wsgi", "cleanup-sessions", "--days", "30"],

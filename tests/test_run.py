@@ -22,7 +22,8 @@ def _free_port() -> int:
 
 
 def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LMARENA_", "GATEWAY_"))}
+    keep = ("GATEWAY_ANALYTICS_PATH",)  # set per test by conftest, like STORAGE_PATH
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("LMARENA_", "GATEWAY_"))}
     env.update(GATEWAY_ENV_FILE="", **settings)
     return env
 

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from .. import sse
 from ..errors import NotFoundError
+from ..observe import StreamObserver, base_event, recorder
 from ..providers.base import ChatRequest
 from ..providers.dispatch import Dispatcher
 from ..providers.router import get_router
@@ -35,8 +36,12 @@ def create_chat_completion():
     dispatcher = router.dispatcher(plan)
     if chat.stream:
         return _stream(dispatcher, chat)
-    provider, completion = dispatcher.complete(chat)
-    g.provider, g.attempts = provider.name, len(dispatcher.attempts)
+    try:
+        provider, completion = dispatcher.complete(chat)
+    finally:
+        # Failed or not, say who was asked last: the response header, the log line and analytics use it.
+        if dispatcher.attempts:
+            g.provider, g.attempts = dispatcher.attempts[-1][0], len(dispatcher.attempts)
     return _complete(completion, chat)
 
 
@@ -69,6 +74,7 @@ def _complete(data: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+    g.usage = data["usage"]  # for the request's analytics event
     return data
 
 
@@ -79,7 +85,10 @@ def _stream(dispatcher: Dispatcher, chat: ChatRequest) -> Response:
     first = pump.get(keepalive)
     if first is not None and first[0] == ERROR:
         pump.close()
+        if dispatcher.attempts:
+            g.provider = dispatcher.attempts[-1][0]
         raise first[1]
     if first is not None and first[0] == OPENED:
         g.provider = first[1]
-    return Response(relay(pump, first, chat, keepalive), headers=sse.HEADERS)
+    observer = StreamObserver(recorder(), base_event(), g.started)
+    return Response(relay(pump, first, chat, keepalive, observer), headers=sse.HEADERS)
