@@ -8,7 +8,8 @@ from collections.abc import Iterable
 
 from flask import current_app, request
 
-from .errors import AuthenticationError
+from . import regtokens
+from .errors import AuthenticationError, PermissionDenied
 
 
 def _digest(value: str) -> bytes:
@@ -56,3 +57,18 @@ def require_admin() -> None:
         raise AuthenticationError("This endpoint needs the admin key: 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.")
     if not key_matches(key, (admin_key,)):
         raise AuthenticationError("Incorrect admin key provided.")
+
+
+def require_admin_or_token(domain: str, name: str) -> bool:
+    """Accept the admin key, or a userscript's registration token covering (domain, name); True for a token."""
+    token = request.headers.get("X-Registration-Token", "").strip()
+    if not token or not current_app.config["GATEWAY_ADMIN_KEY"]:
+        require_admin()
+        return False
+    if regtokens.scope(current_app.extensions["regtoken_secret"], token) is None:
+        raise AuthenticationError(
+            "Invalid or revoked registration token: generate the userscript again.", code="invalid_registration_token"
+        )
+    if not regtokens.allows(token, domain, name):
+        raise PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
+    return True

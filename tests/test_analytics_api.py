@@ -138,3 +138,31 @@ def test_cron_cleanup_removes_old_events_but_keeps_counters(make_app, admin):
     text = client.get("/metrics").get_data(as_text=True)
     assert [s.value for s in samples(text, "gateway_requests_total") if s.labels["provider"] == "p"] == [2]
     assert json.dumps(result)
+
+
+def _events(app, kind):
+    import sqlite3
+
+    app.extensions["analytics"].flush()
+    with sqlite3.connect(app.config["GATEWAY_ANALYTICS_PATH"]) as db:
+        return db.execute("SELECT domain, session_name, detail FROM events WHERE kind = ?", (kind,)).fetchall()
+
+
+def test_userscript_events_are_token_scoped_validated_and_recorded(app, admin):
+    client = app.test_client()
+    script = client.get(
+        "/userscript/generate",
+        headers=admin,
+        query_string={"session_name": "team-a", "domains": "lmarena.ai", "format": "raw"},
+    )
+    token = json.loads(script.get_data(as_text=True).split("const CONFIG = ", 1)[1].split(";\n", 1)[0])["token"]
+    headers = {"X-Registration-Token": token}
+    event = {"domain": "lmarena.ai", "session_name": "team-a", "kind": "capture", "detail": {"via": "fetch"}}
+    assert client.post("/analytics/event", json=event, headers=headers).status_code == 202
+    assert client.post("/analytics/event", json={**event, "session_name": "team-b"}, headers=headers).status_code == 403
+    assert client.post("/analytics/event", json={**event, "kind": "pwn"}, headers=headers).status_code == 400
+    assert client.post("/analytics/event", json={**event, "detail": "x" * 9000}, headers=headers).status_code == 413
+    assert client.post("/analytics/event", json=event).status_code == 401
+    assert [(d, n, json.loads(detail)) for d, n, detail in _events(app, "capture")] == [
+        ("lmarena.ai", "team-a", {"via": "fetch"})
+    ]

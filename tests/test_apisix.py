@@ -852,7 +852,7 @@ def test_management_needs_the_admin_consumer(conf, path):
     assert quota["count"] / quota["time_window"] < v1_quota["count"] / v1_quota["time_window"], "admin is tighter"
 
 
-@pytest.mark.parametrize("path", ["/session/register", "/session/heartbeat"])
+@pytest.mark.parametrize("path", ["/session/register", "/session/heartbeat", "/analytics/event"])
 def test_userscript_session_calls_pass_to_the_gateway_rate_limited(conf, path):
     # The userscript sends a scoped X-Registration-Token, never a key APISIX knows; the gateway checks it.
     plugins = route_for(conf, path, "POST")["plugins"]

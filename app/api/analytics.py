@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+import time
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from .. import analytics
 from ..analytics.prometheus import CONTENT_TYPE, render
-from ..auth import key_matches, provided_key, require_admin
+from ..auth import key_matches, provided_key, require_admin, require_admin_or_token
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
 from ..observe import recorder
+from ..sessions import check_domain, check_name
+from ..validation import read_json_body
 
 bp = Blueprint("analytics", __name__)
 
@@ -49,6 +52,39 @@ def sessions():
     """Per session and domain: requests, errors, last seen, tokens."""
     require_admin()
     return {"object": "list", "data": analytics.sessions(_database())}
+
+
+EVENT_KINDS = ("capture", "heartbeat", "error", "info")
+MAX_EVENT_BODY = 8 * 1024
+
+
+@bp.post("/analytics/event")
+def custom_event():
+    """Record a userscript's event (capture, heartbeat, error, info) for its session; token-scoped like register."""
+    body = read_json_body(MAX_EVENT_BODY)
+    domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
+    require_admin_or_token(domain, name)
+    kind = body.get("kind")
+    if kind not in EVENT_KINDS:
+        raise InvalidRequestError(f"'kind' must be one of {', '.join(EVENT_KINDS)}.", param="kind")
+    detail = body.get("detail")
+    if detail is not None and not isinstance(detail, (dict, str)):
+        raise InvalidRequestError("'detail' must be an object or a string.", param="detail")
+    target = recorder()
+    if target is None:
+        raise NotFoundError("Analytics are off (GATEWAY_ENABLE_SESSION_ANALYTICS=false).", code="analytics_disabled")
+    target.record(
+        {
+            "ts": time.time(),
+            "kind": kind,
+            "domain": domain,
+            "session_name": name,
+            "request_id": g.get("request_id"),
+            "detail": detail,
+            "status": 202,
+        }
+    )
+    return {"recorded": True, "kind": kind, "domain": domain, "session_name": name}, 202
 
 
 @bp.get("/metrics")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from .. import regtokens
-from ..auth import require_admin
-from ..errors import AuthenticationError, NotFoundError, PermissionDenied
+from ..auth import require_admin, require_admin_or_token
+from ..errors import NotFoundError, PermissionDenied
 from ..sessions import active_since, check_domain, check_name, parse_registration, to_api
 from ..store import get_store
 from ..store.base import KEEPABLE, utcnow
@@ -18,21 +17,6 @@ bp = Blueprint("sessions", __name__, url_prefix="/session")
 MAX_BODY = 64 * 1024
 
 
-def _authorize(domain: str, name: str) -> bool:
-    """Accept the admin key, or a registration token covering (domain, name); return whether it was a token."""
-    token = request.headers.get("X-Registration-Token", "").strip()
-    if not token or not current_app.config["GATEWAY_ADMIN_KEY"]:
-        require_admin()
-        return False
-    if regtokens.scope(current_app.extensions["regtoken_secret"], token) is None:
-        raise AuthenticationError(
-            "Invalid or revoked registration token: generate the userscript again.", code="invalid_registration_token"
-        )
-    if not regtokens.allows(token, domain, name):
-        raise PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
-    return True
-
-
 def _missing(domain: str, name: str) -> NotFoundError:
     return NotFoundError(f"No session '{name}' on {domain}.", param="session_name", code="session_not_found")
 
@@ -42,7 +26,7 @@ def register():
     """Create or update a session, marking it seen; 201 when new."""
     body = read_json_body(MAX_BODY)
     session = parse_registration(body)
-    if _authorize(session.domain, session.session_name) and KEEPABLE & body.keys():
+    if require_admin_or_token(session.domain, session.session_name) and KEEPABLE & body.keys():
         # A userscript's token may report ids, not point the gateway at another bridge.
         raise PermissionDenied("Only the admin key may set bridge_base_url or models.")
     stored, created = get_store().register(
@@ -60,7 +44,7 @@ def heartbeat():
     """Mark a session seen now, so it keeps counting as active."""
     body = read_json_body(MAX_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
-    _authorize(domain, name)
+    require_admin_or_token(domain, name)
     session = get_store().heartbeat(domain, name, now=utcnow())
     if session is None:
         raise _missing(domain, name)

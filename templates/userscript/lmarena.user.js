@@ -71,6 +71,12 @@
     });
   }
 
+  function report(kind, detail) {
+    // Best effort: the gateway's analytics show what the script saw; a failure here changes nothing.
+    send("/analytics/event", { domain: host, session_name: CONFIG.session_name, kind: kind, detail: detail },
+         function () {});
+  }
+
   function register() {
     if (!state.ids) {
       return;
@@ -91,6 +97,9 @@
       }
       const status = response ? response.status : 0;
       showStatus("error", status ? "refused (HTTP " + status + ")" : "gateway unreachable");
+      if (status) {
+        report("error", { step: "register", status: status, attempt: state.attempts });
+      }
       // Client errors will not pass on a second try; outages and rate limits may.
       const retryable = status === 0 || status === 429 || status >= 500;
       if (CONFIG.auto_retry && retryable && state.attempts < CONFIG.max_attempts) {
@@ -127,6 +136,7 @@
       return;
     }
     log("captured", ids);
+    report("capture", { path: "retry-evaluation-session-message" });
     state.ids = ids;
     state.attempts = 0;
     if (CONFIG.persist) {

@@ -62,6 +62,8 @@ def test_retry_click_registers_the_session_with_the_gateway(live, chromium, lmar
     assert ADMIN_KEY not in request.headers.values()
     assert lmarena.retries, "the page's own request still went through"
     assert "registered" in run.text
+    reports = [r for r in run.gm_requests if r.url.endswith("/analytics/event")]
+    assert [(r.json["kind"], r.status) for r in reports] == [("capture", 202)]
 
 
 def test_a_second_retry_updates_the_ids(live, chromium, lmarena):
