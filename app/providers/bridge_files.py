@@ -111,6 +111,11 @@ class WatchedFile:
         self._value, self._signature = value, (stat.st_mtime, stat.st_size)
 
     @property
+    def mtime(self) -> float:
+        """Return the mtime of the copy in use."""
+        return self._signature[0] if self._signature else 0.0
+
+    @property
     def value(self) -> Any:
         now = time.monotonic()
         if now >= self._next_check and self._lock.acquire(blocking=False):
@@ -153,7 +158,11 @@ class BridgeFiles:
 
     @property
     def models_mtime(self) -> int:
-        return int(os.stat(self._models.path).st_mtime) if self._models else int(time.time())
+        """Return models.json's mtime as last loaded (no stat here: this runs on every routed request)."""
+        if not self._models:
+            return int(time.time())
+        self._models.value  # noqa: B018 - lets the file's own throttled check pick up an edit first
+        return int(self._models.mtime)
 
 
 def _parse_config(text: str) -> dict[str, Any]:
