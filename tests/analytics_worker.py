@@ -1,6 +1,8 @@
 """Record analytics events from a separate OS process (the several-processes test).
 
-usage: analytics_worker.py PATH WORKER COUNT BARRIER   wait for BARRIER/go, record COUNT events, print the stats
+usage: analytics_worker.py PATH WORKER COUNT BARRIER [READ_EVERY]
+  wait for BARRIER/go, record COUNT events, print the stats; with READ_EVERY, also read the aggregates every that
+  many events, on fresh connections in this process, as the dashboard and /analytics do beside the recorder
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.analytics import Recorder  # noqa: E402
+from app.analytics import Recorder, summary, timeseries  # noqa: E402
 
 
 def make_event(worker: int, i: int) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def make_event(worker: int, i: int) -> dict[str, Any]:
     }
 
 
-def main(path: str, worker: str, count: str, barrier: str) -> None:
+def main(path: str, worker: str, count: str, barrier: str, read_every: str = "0") -> None:
     number = int(worker)
     Path(barrier, f"ready-{number}").touch()
     go = Path(barrier, "go")
@@ -44,6 +46,9 @@ def main(path: str, worker: str, count: str, barrier: str) -> None:
     recorder = Recorder(path, flush_interval=0.01, max_batch=25)
     for i in range(int(count)):
         recorder.record(make_event(number, i))
+        if int(read_every) and i % int(read_every) == 0:
+            summary(path, 3600)
+            timeseries(path, 3600, 60)
         if i % 50 == 0:
             recorder.stream_started(f"s{i}", f"p{number % 2}", "m")
             time.sleep(0.002)  # spread the writes so the processes' transactions interleave

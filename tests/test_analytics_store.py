@@ -271,13 +271,17 @@ def test_bad_events_never_raise(conn, recorder):
     assert len(custom[4]) < 2100 and "truncated" in json.loads(custom[4])
 
 
-def test_processes_writing_at_once_lose_nothing(tmp_path, path):
+# Readers beside the writer thread: opening and closing the file must not drop the writer's locks.
+@pytest.mark.parametrize("read_every", [0, 10], ids=["writing", "writing-and-reading"])
+def test_processes_writing_at_once_lose_nothing(tmp_path, path, read_every):
     workers, per_worker = 4, 500
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, WORKER, path, str(w), str(per_worker), str(barrier)], stdout=subprocess.PIPE, text=True
+            [sys.executable, WORKER, path, str(w), str(per_worker), str(barrier), str(read_every)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for w in range(workers)
     ]

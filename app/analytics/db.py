@@ -109,7 +109,13 @@ def _create_private(path: str) -> None:
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         # SQLite would create it with the umask; its -wal and -shm files copy this file's mode.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # O_EXCL, so an existing file is never opened here: closing any descriptor of the database drops every
+        # POSIX lock this process holds on it, the recorder's included, and other processes then read a WAL
+        # being reset under them ("disk I/O error").
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
         os.close(fd)
     except OSError as exc:
         raise AnalyticsError(f"The analytics database {path} cannot be created: {exc.strerror}.") from None
