@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, analytics, health, providers, sessions, userscript, v1
+from . import admin, analytics, dashboard, health, providers, sessions, userscript, v1
 
 
 def register_blueprints(app: Flask) -> None:
@@ -16,3 +16,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(providers.bp)
     app.register_blueprint(userscript.bp)
     app.register_blueprint(analytics.bp)
+    app.register_blueprint(dashboard.bp)

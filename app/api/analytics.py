@@ -30,9 +30,9 @@ def _database() -> str:
     return current_app.config["GATEWAY_ANALYTICS_PATH"]
 
 
-def _window() -> float:
-    raw = request.args.get("window", "1h").strip().lower()
-    match = _WINDOW.fullmatch(raw)
+def parse_window(raw: str) -> float:
+    """Return a ?window= value (3600, 90m, 24h, 7d) in seconds; raise InvalidRequestError outside 60 s to 366 d."""
+    match = _WINDOW.fullmatch(raw.strip().lower())
     seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else 0
     if not 60 <= seconds <= MAX_WINDOW:
         raise InvalidRequestError("'window' must be 60 s to 366 d, e.g. 3600, 90m, 24h or 7d.", param="window")
@@ -43,7 +43,7 @@ def _window() -> float:
 def summary():
     """Per provider and model over ?window= (default 1h): requests, error rate, latency p50/p95, TTFB p50."""
     require_admin()
-    window = _window()
+    window = parse_window(request.args.get("window", "1h"))
     return {"object": "list", "window_seconds": window, "data": analytics.summary(_database(), window)}
 
 

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app, render_template, request, ur
 from .. import regtokens
 from ..auth import key_matches, provided_key, require_admin
 from ..errors import AuthenticationError, InvalidRequestError
+from ..pages import PAGE_HEADERS
 from ..sessions import check_domain, check_name
 from ..version import __version__
 
@@ -18,14 +19,6 @@ bp = Blueprint("userscript", __name__, url_prefix="/userscript")
 
 HEARTBEAT_RANGE = (10, 3600)
 MAX_ATTEMPTS = 6
-# The install page needs no script and loads nothing from elsewhere.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 @dataclass

@@ -116,6 +116,8 @@ class Snapshot:
     text: str
     path: Path
     page_errors: list[str]
+    console: list[ConsoleMessage] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)  # every URL the page asked for, in order
 
 
 class Chromium:
@@ -301,24 +303,39 @@ class Chromium:
         await run.wait_for(lambda: run.pending == 0, timeout)
 
     def screenshot(
-        self, url: str, path: str | Path, *, full_page: bool = True, timeout: float | None = None
+        self,
+        url: str,
+        path: str | Path,
+        *,
+        full_page: bool = True,
+        timeout: float | None = None,
+        actions: Callable[[Page], Awaitable[object]] | None = None,
     ) -> Snapshot:
-        """Open `url` (no userscript), save a PNG screenshot at `path`, and return what rendered."""
-        return self._call(self._screenshot(url, Path(path), full_page), timeout or self.timeout)
+        """Open `url` (no userscript), run `actions(page)` if given, save a PNG at `path`, return what rendered."""
+        return self._call(self._screenshot(url, Path(path), full_page, actions), timeout or self.timeout)
 
-    async def _screenshot(self, url: str, path: Path, full_page: bool) -> Snapshot:
+    async def _screenshot(self, url: str, path: Path, full_page: bool, actions) -> Snapshot:
         assert self._browser is not None
         context = await self._browser.new_context(ignore_https_errors=True, viewport=VIEWPORT)
         try:
             context.set_default_timeout(10_000)
             page = await context.new_page()
             errors: list[str] = []
+            console: list[ConsoleMessage] = []
+            requested: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            response = await page.goto(url, wait_until="load")
+            page.on("console", lambda m: console.append(ConsoleMessage(m.type, m.text, m.location.get("url", ""))))
+            page.on("request", lambda r: requested.append(r.url))
+            # The status shown is the last document's: actions may submit a form or follow a link.
+            statuses: list[int] = []
+            page.on("response", lambda r: r.request.is_navigation_request() and statuses.append(r.status))
+            await page.goto(url, wait_until="load")
+            if actions is not None:
+                await actions(page)
             await page.screenshot(path=str(path), full_page=full_page)
             text = await page.evaluate("document.body ? document.body.innerText : ''")
-            status = response.status if response is not None else None
-            return Snapshot(page.url, status, await page.title(), text, path, errors)
+            status = statuses[-1] if statuses else None
+            return Snapshot(page.url, status, await page.title(), text, path, errors, console, requested)
         finally:
             await context.close()
 
