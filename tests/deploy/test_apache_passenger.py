@@ -100,6 +100,23 @@ def test_models_and_chat_through_openai_client(gateway, deploy_bridge):
     assert deploy_bridge.requests[-1].headers["authorization"] == f"Bearer {BRIDGE_KEY}"
 
 
+def dashboard_count(url: str, field: str = "total-requests") -> int:
+    page = requests.get(url + "/dashboard", headers=ADMIN, timeout=30)
+    found = re.search(rf'id="{field}">([\d,]+)', page.text)
+    assert found, f"{page.status_code}: {page.text[-3000:]}"
+    return int(found.group(1).replace(",", ""))
+
+
+def test_dashboard_counts_requests_served_by_every_process(site, gateway):
+    before = dashboard_count(site.url)
+    hi = [{"role": "user", "content": "hi"}]
+    with ThreadPoolExecutor(4) as pool:  # spread over Passenger's processes
+        list(pool.map(lambda _: gateway.chat.completions.create(model="gpt-5", messages=hi), range(8)))
+    # Other processes write their events from a background thread within a second or so.
+    wait_until(lambda: dashboard_count(site.url) >= before + 8, 15, "8 more requests on the dashboard")
+    assert dashboard_count(site.url) == before + 8
+
+
 def test_unknown_path_and_missing_key_are_openai_errors(site):
     missing = requests.get(site.url + "/no/such/path", timeout=30)
     no_key = requests.get(site.url + "/v1/models", timeout=30)
@@ -252,6 +269,11 @@ def test_sub_uri_serves_and_links_under_it(deployment, deploy_bridge):
             headers=ADMIN,
             timeout=30,
         )
+        browser = requests.Session()
+        signed_in = browser.post(
+            gw.url + "/dashboard/login", data={"admin_key": ADMIN_KEY}, allow_redirects=False, timeout=30
+        )
+        dashboard = browser.get(gw.url + "/dashboard", timeout=30)
 
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert index.json()["openai_base_url"] == root + "/gw/v1"
@@ -263,6 +285,10 @@ def test_sub_uri_serves_and_links_under_it(deployment, deploy_bridge):
     config = json.loads(re.search(r"const CONFIG = (\{.*\});$", script.text, re.M).group(1))
     assert download.startswith(root + "/gw/userscript/") and download.count("/gw") == 1
     assert config["gateway_url"] == root + "/gw"
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/gw/dashboard"
+    assert "Path=/gw/dashboard" in signed_in.headers["Set-Cookie"]
+    assert dashboard.status_code == 200 and "Requests over time" in dashboard.text
+    assert 'action="/gw/dashboard/logout"' in dashboard.text
 
 
 def test_logs_hold_apache_start_and_app_stderr(site):
