@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import observe, regtokens, requestlog, store
+from . import observe, ratelimit, regtokens, requestlog, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -63,11 +63,12 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up the session store, providers and CORS."""
+    """Set up the session store, analytics, rate limit, providers and CORS."""
     app.extensions["started"] = time.monotonic()
     store.init_app(app)
     regtokens.init_app(app)
     observe.init_app(app)
+    ratelimit.init_app(app)
     router.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:
@@ -83,7 +84,14 @@ def register_services(app: Flask) -> None:
                 "X-Target-Domain",
                 "X-Request-Id",
             ],
-            expose_headers=["X-Request-Id", "X-Gateway-Provider"],
+            expose_headers=[
+                "X-Request-Id",
+                "X-Gateway-Provider",
+                "Retry-After",
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
         )
 
 

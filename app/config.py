@@ -236,6 +236,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_USERSCRIPT_SECRET", "", _text, secret=True),
     Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
+    Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
+    Setting("GATEWAY_RATE_LIMIT_BURST", 0, _whole(0, 1_000_000)),
     Setting("DEBUG_MODE", False, _flag),
     Setting("LOG_REQUESTS", False, _flag),
 )

@@ -40,6 +40,7 @@ class GatewayError(Exception):
             self.status_code = status_code
         self.retry_after = retry_after
         self._retryable = retryable
+        self.headers: dict[str, str] = {}  # extra response headers (rate limit state, say)
 
     @property
     def retryable(self) -> bool:
@@ -124,7 +125,7 @@ def error_response(error: GatewayError):
     """Return a Flask response tuple for a GatewayError."""
     if has_request_context():
         g.error_code = error.code  # for the request's analytics event
-    headers = {}
+    headers = dict(error.headers)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if error.status_code == 401:

@@ -89,8 +89,9 @@ def make_app(bridge, tmp_path):
     yield factory
     for app in apps:
         app.extensions["router"].close()  # pooled upstream connections
-        if app.extensions.get("analytics") is not None:
-            app.extensions["analytics"].close()
+        for service in ("analytics", "ratelimit"):
+            if app.extensions.get(service) is not None:
+                app.extensions[service].close()
 
 
 @pytest.fixture

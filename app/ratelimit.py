@@ -1,0 +1,200 @@
+"""Requests per minute per client key on /v1, counted across every process (SQLite beside the sessions, or Redis)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from flask import Flask, after_this_request, current_app, request
+
+from .auth import provided_key
+from .config import ConfigError
+from .errors import RateLimitError
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "ratelimit.sqlite3"
+PRUNE_EVERY = 1000  # checks per process between deletions of keys idle for a while
+WARN_EVERY = 60.0  # seconds between log lines while the shared state cannot be used
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    remaining: int
+    retry_after: float  # seconds until one more request would pass (0 when allowed)
+    reset_after: float  # seconds until the full burst is available again
+
+
+class Limiter:
+    """GCRA: each key keeps one number, the theoretical arrival time; the pace is per_minute, bursts up to burst."""
+
+    def __init__(self, per_minute: int, burst: int, cells) -> None:
+        self.per_minute = per_minute
+        self.burst = burst or max(1, per_minute // 10)
+        self.interval = 60.0 / per_minute
+        self.window = self.interval * self.burst  # how far ahead of now the arrival time may run
+        self.cells = cells
+        self._warned = 0.0
+
+    def check(self, key: str, now: float | None = None) -> Decision:
+        """Count one request for key; return whether it may pass and what to tell the client."""
+        now = time.time() if now is None else now
+        try:
+            allowed, tat = self.cells.advance(key, now, self.interval, self.window)
+        except Exception as exc:  # noqa: BLE001 - a broken limiter must not take /v1 down with it
+            if time.monotonic() - self._warned > WARN_EVERY:
+                self._warned = time.monotonic()
+                log.warning("rate limit state unavailable, letting requests through: %s", type(exc).__name__)
+            return Decision(True, self.burst, 0.0, 0.0)
+        ahead = max(0.0, tat - now)
+        if allowed:
+            return Decision(True, int((self.window - ahead) // self.interval), 0.0, ahead)
+        return Decision(False, 0, ahead + self.interval - self.window, ahead)
+
+    def close(self) -> None:
+        self.cells.close()
+
+
+class SQLiteCells:
+    """Arrival times in a small SQLite file; one short write transaction per request, safe across processes."""
+
+    def __init__(self, path: str, busy_timeout: float = 2.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._checks = 0
+        self._connect()  # a bad path fails at start-up, not on the first request
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            # Losing the last second of counts in a power cut costs nothing; an fsync per request would.
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, tat REAL NOT NULL)")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def advance(self, key: str, now: float, interval: float, window: float) -> tuple[bool, float]:
+        """Return (allowed, arrival time after this request) and store it, in one transaction."""
+        # Plain SELECT + INSERT OR REPLACE, not UPSERT/RETURNING: hosting Pythons may link an old SQLite.
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT tat FROM cells WHERE key = ?", (key,)).fetchone()
+                tat = max(row[0] if row else now, now) + interval
+                allowed = tat - now <= window
+                if allowed:
+                    conn.execute("INSERT OR REPLACE INTO cells (key, tat) VALUES (?, ?)", (key, tat))
+                else:
+                    tat -= interval
+                self._checks += 1
+                if self._checks % PRUNE_EVERY == 0:
+                    conn.execute("DELETE FROM cells WHERE tat < ?", (now,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return allowed, tat
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+# Atomic in Redis: read the arrival time, move it on if the request fits, expire the key once it is in the past.
+_REDIS_GCRA = """
+local now, interval, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new = tat + interval
+if new - now > window then return {0, tostring(tat)} end
+redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+return {1, tostring(new)}
+"""
+
+
+class RedisCells:
+    """Arrival times as Redis keys, moved on by one Lua script per request."""
+
+    def __init__(self, url: str, prefix: str = "lmgw:ratelimit:", timeout: float = 2.0) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=min(timeout, 2.0), socket_timeout=timeout)
+        self.prefix = prefix
+        self._script = self.client.register_script(_REDIS_GCRA)
+
+    def advance(self, key: str, now: float, interval: float, window: float) -> tuple[bool, float]:
+        allowed, tat = self._script(keys=[self.prefix + key], args=[repr(now), repr(interval), repr(window)])
+        return bool(allowed), float(tat)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def init_app(app: Flask) -> None:
+    """Set up the shared limiter when GATEWAY_RATE_LIMIT_PER_MINUTE is above zero."""
+    config = app.config
+    app.extensions["ratelimit"] = None
+    if not config["GATEWAY_RATE_LIMIT_PER_MINUTE"]:
+        return
+    if config["SESSION_STORE"] == "redis":
+        cells = RedisCells(config["REDIS_URL"], timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
+    else:
+        path = os.path.join(os.path.dirname(config["STORAGE_PATH"]), FILE_NAME)
+        try:
+            cells = SQLiteCells(path)
+        except (OSError, sqlite3.Error) as exc:
+            message = f"the rate limit file {path} cannot be used: {exc}."
+            raise ConfigError(f"GATEWAY_RATE_LIMIT_PER_MINUTE: {message}") from None
+    app.extensions["ratelimit"] = Limiter(
+        config["GATEWAY_RATE_LIMIT_PER_MINUTE"], config["GATEWAY_RATE_LIMIT_BURST"], cells
+    )
+
+
+def identity() -> str:
+    """Return whom this request counts against: its client key (hashed; keys are never stored), else its address."""
+    key = provided_key() if current_app.config["GATEWAY_API_KEYS"] else ""
+    if key:
+        return "key:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return "addr:" + (request.remote_addr or "unknown")
+
+
+def limit_client() -> None:
+    """Refuse a /v1 request over its key's rate with 429 and Retry-After; tell every answer what is left."""
+    limiter: Limiter | None = current_app.extensions.get("ratelimit")
+    if limiter is None or request.method == "OPTIONS":
+        return
+    decision = limiter.check(identity())
+    # The headers OpenAI sends, so clients that pace themselves by them work here too.
+    headers = {
+        "x-ratelimit-limit-requests": str(limiter.per_minute),
+        "x-ratelimit-remaining-requests": str(decision.remaining),
+        "x-ratelimit-reset-requests": f"{decision.reset_after:.3f}s",
+    }
+    if not decision.allowed:
+        error = RateLimitError(
+            f"Rate limit reached: {limiter.per_minute} requests per minute for this API key. "
+            f"Try again in {decision.retry_after:.1f} s.",
+            retry_after=max(1.0, math.ceil(decision.retry_after)),
+        )
+        error.headers = {**headers, "retry-after-ms": str(math.ceil(decision.retry_after * 1000))}
+        raise error
+
+    @after_this_request
+    def tell(response):
+        response.headers.update(headers)
+        return response
