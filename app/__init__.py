@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import observe, ratelimit, regtokens, requestlog, store
+from . import observe, pages, ratelimit, regtokens, requestlog, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -37,6 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_errorhandlers(app)
     register_commands(app)
     requestlog.init_app(app)
+    pages.init_app(app)
     warn_if_open(app)
     return app
 

@@ -1,6 +1,8 @@
-"""What every HTML page the gateway serves shares: headers that keep it from loading or being framed elsewhere."""
+"""Headers that keep browsers from misreading the gateway's answers, and HTML pages from loading or being framed."""
 
 from __future__ import annotations
+
+from flask import Flask, Response
 
 # The pages need no script and load nothing from elsewhere (the gateway may run offline): inline styles and
 # inline SVG only.
@@ -12,3 +14,13 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+def init_app(app: Flask) -> None:
+    """Send X-Content-Type-Options: nosniff with every answer, so no JSON or script is taken for HTML."""
+    app.after_request(_nosniff)
+
+
+def _nosniff(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
