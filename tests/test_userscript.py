@@ -245,3 +245,15 @@ def test_open_gateway_serves_scripts_without_a_key(make_app):
     script = client.get("/userscript/generate?session_name=a&format=raw")
     assert script.status_code == 200
     assert client.get("/userscript/a.user.js").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host", ['evil.example"});alert(1);//', "a.example</script><script>alert(1)</script>", "a.example'x", "a b"]
+)
+def test_hostile_host_headers_never_reach_the_script(client, admin, host):
+    answer = client.get(
+        "/userscript/generate", query_string={"session_name": "a", "format": "raw"}, headers={**admin, "Host": host}
+    )
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["message"].endswith("set GATEWAY_PUBLIC_URL.")
+    assert "alert" not in answer.get_data(as_text=True)
