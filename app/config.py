@@ -211,6 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_PORT", 5104, _port),
     Setting("GATEWAY_THREADS", 16, _integer),
     Setting("GATEWAY_MAX_BODY_BYTES", 16 * 1024 * 1024, _integer),
+    Setting("GATEWAY_MAX_UPSTREAM_BYTES", 32 * 1024 * 1024, _whole(64 * 1024)),
     Setting("GATEWAY_MAX_MESSAGES", 2000, _integer),
     Setting("GATEWAY_SSE_KEEPALIVE_SECONDS", 3.0, _number),
     Setting("GATEWAY_HEALTH_CACHE_SECONDS", 5.0, _number),

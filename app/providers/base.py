@@ -57,6 +57,8 @@ class ProviderSettings:
     max_retries: int = 1
     models_cache_seconds: float = 30.0
     health_timeout: float = 2.0
+    # The longest non-stream answer, or single stream event, read from the upstream.
+    max_response_bytes: int = 32 * 1024 * 1024
 
 
 class Provider:

@@ -27,6 +27,10 @@ from ..errors import (
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+# The longest upstream answer (non-stream) or single SSE event kept in memory, unless configured otherwise.
+MAX_UPSTREAM_BYTES = 32 * 1024 * 1024
+# What ends an SSE event: a blank line after \n, \r or \r\n line ends.
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r\n")
 
 
 def redact_url(url: str) -> str:
@@ -54,13 +58,21 @@ class UpstreamClient:
     """A requests.Session per upstream, so connections are reused across requests."""
 
     def __init__(
-        self, label: str, base_url: str, *, connect_timeout: float, read_timeout: float, pool_size: int = 32
+        self,
+        label: str,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_bytes: int = MAX_UPSTREAM_BYTES,
+        pool_size: int = 32,
     ) -> None:
         self.label = label
         self.base_url = base_url
         self.public_url = redact_url(base_url)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.max_bytes = max_bytes
         self.session = requests.Session()
         # Proxy variables and ~/.netrc are looked up on every request when trust_env is on; the upstreams are
         # configured explicitly, so skip that cost and that surprise.
@@ -79,7 +91,10 @@ class UpstreamClient:
         stream: bool = False,
         read_timeout: float | None = None,
     ) -> requests.Response:
-        """Send a request; raise UpstreamError/UpstreamTimeout when there is no HTTP answer."""
+        """Send a request (stream: ask for SSE); raise UpstreamError/UpstreamTimeout when there is no HTTP answer.
+
+        Only the head is read: pass the response to read_body, sse_data or read_error_body, or close it.
+        """
         timeout = (self.connect_timeout, read_timeout or self.read_timeout)
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
         send_headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -90,7 +105,7 @@ class UpstreamClient:
         send_headers.update(headers or {})
         try:
             return self.session.request(
-                method, self.base_url + path, data=data, headers=send_headers, stream=stream, timeout=timeout
+                method, self.base_url + path, data=data, headers=send_headers, stream=True, timeout=timeout
             )
         except requests.exceptions.ConnectTimeout:
             raise UpstreamTimeout(
@@ -107,9 +122,35 @@ class UpstreamClient:
         except requests.exceptions.RequestException as exc:
             raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
 
+    def read_body(self, response: requests.Response, timer: StreamTimer) -> bytes:
+        """Return a whole (non-stream) body, read by timer's deadline and at most max_bytes long.
+
+        A body read to its end frees the connection for reuse; one that fails is closed with its connection.
+        """
+        declared = response.headers.get("Content-Length", "")
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            # The header is only a shortcut: the count below holds whatever it says (or a decompressed size).
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise too_large(self.label, "an answer", self.max_bytes)
+            for piece in _Pieces(response, self.label, timer, _never):
+                size += len(piece)
+                if size > self.max_bytes:
+                    raise too_large(self.label, "an answer", self.max_bytes)
+                pieces.append(piece)
+        except UpstreamTimeout:
+            response.close()
+            raise UpstreamTimeout(f"{self.label} did not finish its answer within {timer.first_byte:g} s.") from None
+        except BaseException:
+            response.close()
+            raise
+        return b"".join(pieces)
+
     def sse_data(self, response: requests.Response, timer: StreamTimer, is_aborted) -> Iterator[str]:
         """Yield each event's data from a streamed response as soon as its bytes arrive."""
-        events = sseclient.SSEClient(_Pieces(response, self.label, timer, is_aborted)).events()
+        pieces = _Pieces(response, self.label, timer, is_aborted, max_event=self.max_bytes)
+        events = sseclient.SSEClient(pieces).events()
         try:
             for event in events:
                 yield event.data
@@ -149,11 +190,23 @@ class StreamTimer:
         )
 
 
-class _Pieces:
-    """The raw body as pieces, each returned as soon as any bytes are there (read1), errors translated."""
+def _never() -> bool:
+    return False
 
-    def __init__(self, response: requests.Response, label: str, timer: StreamTimer, is_aborted) -> None:
+
+class _Pieces:
+    """The raw body as pieces, each returned as soon as any bytes are there (read1), errors translated.
+
+    With max_event, an SSE event that grows past it (no blank line within max_event bytes) is an error.
+    """
+
+    def __init__(
+        self, response: requests.Response, label: str, timer: StreamTimer, is_aborted, max_event: int | None = None
+    ) -> None:
         self.response, self.label, self.timer, self.is_aborted = response, label, timer, is_aborted
+        self.max_event = max_event
+        # Bytes since the last event end, and the last bytes of the previous piece (an end may straddle two).
+        self.open_bytes, self.tail = 0, b""
         connection = getattr(response.raw, "_connection", None)
         # urllib3 keeps the socket on the response's connection; its timeout bounds each read.
         self.sock = getattr(connection, "sock", None)
@@ -175,15 +228,43 @@ class _Pieces:
                     return
                 log.info("%s stream broke: %s", self.label, type(exc).__name__)
                 raise UpstreamError(
-                    f"{self.label} closed the connection before the stream finished.",
+                    f"{self.label} closed the connection before its answer was complete.",
                     code="upstream_stream_broken",
                 ) from None
             if not piece:
                 return
+            if self.max_event is not None:
+                self.count_event(piece)
             yield piece
+
+    def count_event(self, piece: bytes) -> None:
+        """Add piece to the length of the open event; raise when that event outgrows max_event."""
+        # No parsing, just a search from the end (where an event usually ends): as cheap as a bare relay.
+        end = piece.rfind(b"\n\n")
+        if end < 0:
+            end = max(piece.rfind(b"\r\r"), piece.rfind(b"\n\r\n"))
+        if end >= 0:
+            self.open_bytes = len(piece) - end
+        elif any(mark in self.tail + piece[:2] for mark in _EVENT_ENDS):
+            self.open_bytes = len(piece)
+        else:
+            self.open_bytes += len(piece)
+        self.tail = piece[-2:]
+        if self.open_bytes > self.max_event:
+            raise too_large(self.label, "a stream event", self.max_event)
 
     def close(self) -> None:
         self.response.close()
+
+
+def too_large(label: str, what: str, limit: int) -> UpstreamError:
+    """Return the error for an upstream answer (or one stream event) over the size cap."""
+    log.info("%s sent %s over %d bytes", label, what, limit)
+    return UpstreamError(
+        f"{label} sent {what} larger than {limit} bytes (GATEWAY_MAX_UPSTREAM_BYTES).",
+        code="upstream_response_too_large",
+        retryable=False,  # the same question would most likely get the same answer again
+    )
 
 
 def read_error_body(response: requests.Response, limit: int = 65536) -> Any:
@@ -199,7 +280,7 @@ def read_error_body(response: requests.Response, limit: int = 65536) -> Any:
         response.close()
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python's parser
         return raw.decode("utf-8", "replace").strip()[:300]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ class OpenAICompatible(Provider):
             settings.base_url,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.first_byte_timeout,
+            max_bytes=settings.max_response_bytes,
         )
 
     def headers(self) -> dict[str, str]:
@@ -36,18 +38,21 @@ class OpenAICompatible(Provider):
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def chat(self, request: ChatRequest, timeout: float | None = None) -> dict[str, Any]:
+        # The whole answer, body included, is due by the deadline: a trickling body cannot hold a worker longer.
+        timer = StreamTimer(first_byte=timeout or self.settings.first_byte_timeout, idle=self.settings.idle_timeout)
         response = self.client.request(
             "POST",
             "/v1/chat/completions",
             body=request.upstream_body(False),
             headers=self.headers(),
-            read_timeout=timeout,
+            read_timeout=timer.read_timeout(),
         )
         if response.status_code != 200:
             raise self.http_error(response.status_code, read_error_body(response), response.headers)
+        body = self.client.read_body(response, timer)
         try:
-            data = response.json()
-        except ValueError:
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python's parser
             raise UpstreamError(f"{self.label} answered with something that is not JSON.") from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError(f"{self.label} answered JSON that is not a chat completion.")
@@ -74,12 +79,16 @@ class OpenAICompatible(Provider):
     def fetch_models(self) -> list[dict[str, Any]] | None:
         """Return the upstream's /v1/models entries, or None when it cannot say (bounded by the health timeout)."""
         # yupp2Api freezes whole while yupp.ai is slow, model listing included: hence the short timeout.
+        timer = StreamTimer(self.settings.health_timeout, self.settings.health_timeout)
         try:
             response = self.client.request(
-                "GET", "/v1/models", headers=self.headers(), read_timeout=self.settings.health_timeout
+                "GET", "/v1/models", headers=self.headers(), read_timeout=timer.read_timeout()
             )
-            body = response.json() if response.status_code == 200 else read_error_body(response)
-        except (GatewayError, ValueError) as exc:
+            if response.status_code == 200:
+                body = json.loads(self.client.read_body(response, timer))
+            else:
+                body = read_error_body(response)
+        except (GatewayError, ValueError, RecursionError) as exc:
             log.info("model list from %s unavailable: %s", self.label, exc)
             return None
         if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
@@ -97,9 +106,10 @@ class OpenAICompatible(Provider):
 
     def health(self) -> dict[str, Any]:
         started = time.perf_counter()
+        timer = StreamTimer(self.settings.health_timeout, self.settings.health_timeout)
         try:
-            response = self.client.request("GET", self.health_path, read_timeout=self.settings.health_timeout)
-            response.close()
+            response = self.client.request("GET", self.health_path, read_timeout=timer.read_timeout())
+            self.client.read_body(response, timer)  # read to the end, so the connection is kept for reuse
         except GatewayError as exc:
             return {"ok": False, "error": exc.message, "latency_ms": _ms_since(started)}
         ok = response.status_code in self.health_ok

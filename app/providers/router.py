@@ -213,6 +213,7 @@ def _settings(config, prefix: str, base_url: str | None = None) -> ProviderSetti
         max_retries=config[f"{prefix}_MAX_RETRIES"],
         models_cache_seconds=config["GATEWAY_MODELS_CACHE_SECONDS"],
         health_timeout=config["GATEWAY_HEALTH_TIMEOUT"],
+        max_response_bytes=config["GATEWAY_MAX_UPSTREAM_BYTES"],
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,8 +72,23 @@ class Stall:
     name = "stall"
 
 
-Step = Status | Refuse | Delay | Stall
-STEP_TYPES = (Status, Refuse, Delay, Stall)
+@dataclass(frozen=True)
+class Reset:
+    """Cut the connection with a TCP reset (RST, not FIN) part-way through the answer.
+
+    In a chunked answer, before chunk `after_chunks` (or before its end if shorter); in an answer with a
+    content-length, after its head and half its body. With `seconds`, go silent that long first (cut short if the
+    client hangs up): a peer that hangs, then dies.
+    """
+
+    after_chunks: int = 0
+    seconds: float = 0.0
+
+    name = "reset"
+
+
+Step = Status | Refuse | Delay | Stall | Reset
+STEP_TYPES = (Status, Refuse, Delay, Stall, Reset)
 
 
 def check_steps(steps: Iterable[object]) -> list[Step]:
@@ -108,4 +125,38 @@ def play_step(h: UpstreamHandler, step: Step) -> bool:
         h.wait(step.seconds)
     if isinstance(step, Stall):
         h.stall = step
+    if isinstance(step, Reset):
+        _arm_reset(h, step)
     return False
+
+
+def _arm_reset(h: UpstreamHandler, step: Reset) -> None:
+    """Make every way h answers end in a reset; instance attributes shadow the handler's methods for this answer."""
+    before_chunk = h.before_chunk
+
+    def chunk_then_reset(index: int) -> None:
+        if index >= step.after_chunks:
+            _reset(h, step.seconds)
+        before_chunk(index)
+
+    def end_with_reset() -> None:
+        _reset(h, step.seconds)
+
+    def half_body_then_reset(status: int, body: bytes, content_type: str, headers=()) -> None:
+        head = [*headers, ("content-length", str(len(body))), ("content-type", content_type)]
+        h.send_head(status, [*head, *h.upstream.extra_headers])
+        h.write(body[: len(body) // 2])
+        _reset(h, step.seconds)
+
+    # Each path resets, so the shadowing dies with the connection and never reaches a kept-alive next request.
+    h.before_chunk, h.end_stream, h.send_body = chunk_then_reset, end_with_reset, half_body_then_reset
+
+
+def _reset(h: UpstreamHandler, seconds: float) -> None:
+    """Wait, then close the socket with SO_LINGER 0 so the kernel sends RST; abandon the handler (never returns)."""
+    h.wait(seconds)
+    h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The request reader holds a reference to the socket: release it first, or close() would not close it yet.
+    h.rfile.close()
+    h.connection.close()
+    h.drop_connection()  # its shutdown() of the closed socket fails quietly; it raises to abandon the handler
