@@ -46,7 +46,8 @@ def scope(secret: bytes, token: str) -> tuple[str, frozenset[str]] | None:
         prefix, payload, signature = token.split(".")
     except ValueError:
         return None
-    if prefix != PREFIX or not hmac.compare_digest(signature, _signature(secret, payload)):
+    # compare_digest refuses non-ASCII text, and no genuine token has any.
+    if prefix != PREFIX or not token.isascii() or not hmac.compare_digest(signature, _signature(secret, payload)):
         return None
     try:
         claims = json.loads(_unb64(payload))

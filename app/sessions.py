@@ -58,9 +58,17 @@ def check_base_url(value: Any) -> str | None:
     """Return a bridge base URL (http or https, no /v1), or None when absent."""
     if value in (None, ""):
         return None
-    parts = urlsplit(value) if isinstance(value, str) and len(value) <= MAX_URL else None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) and len(value) <= MAX_URL else None
+        if parts is not None:
+            parts.port  # noqa: B018 - a port that is not 0-65535 raises here, not on the session's next chat
+    except ValueError:  # an unclosed IPv6 bracket, for one
+        parts = None
     if (
         parts is None
+        # urlsplit quietly drops tabs and line breaks; the HTTP client would refuse them (or any control character).
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
         or parts.scheme not in ("http", "https")
         or not parts.hostname
         or parts.query

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
@@ -15,10 +16,17 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
 
 def frame(data: str) -> bytes:
     """Return one `data:` frame for an already encoded JSON text."""
-    return b"data: " + data.encode("utf-8") + b"\n\n"
+    raw = data.encode("utf-8")
+    if b"\n" in raw or b"\r" in raw:
+        # JSON may hold line breaks as whitespace (an upstream's multi-line `data:` event arrives joined by \n);
+        # written raw they would end the event early, so each line gets its own `data:` field.
+        raw = b"\ndata: ".join(_LINE_BREAK.split(raw))
+    return b"data: " + raw + b"\n\n"
 
 
 def json_frame(obj: Any) -> bytes:

@@ -39,6 +39,8 @@ def read_json_body(max_bytes: int | None = None) -> dict[str, Any]:
         ) from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("The request body is not valid UTF-8 JSON.", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequestError("The request body is JSON nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     return body

@@ -42,7 +42,7 @@ class SSEChatStream(ChatStream):
                 return
             try:
                 obj = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python's parser
                 raise UpstreamError(
                     f"{label} sent a stream chunk that is not JSON.", code="upstream_bad_stream"
                 ) from None
