@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, analytics, dashboard, health, providers, sessions, userscript, v1
+from . import admin, analytics, dashboard, health, openapi, providers, sessions, userscript, v1
 
 
 def register_blueprints(app: Flask) -> None:
@@ -17,3 +17,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(userscript.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(openapi.bp)

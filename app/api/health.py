@@ -46,5 +46,13 @@ def index():
         "name": "LMArena AI Gateway",
         "version": __version__,
         "openai_base_url": url_for("v1.models.list_models", _external=True).removesuffix("/models"),
-        "endpoints": ["/v1/chat/completions", "/v1/images/generations", "/v1/models", "/health", "/session/list"],
+        "endpoints": [
+            "/v1/chat/completions",
+            "/v1/images/generations",
+            "/v1/models",
+            "/health",
+            "/session/list",
+            "/dashboard",
+            "/openapi.json",
+        ],
     }
