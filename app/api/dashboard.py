@@ -44,7 +44,8 @@ def _signature(expires: int) -> str:
 
 def _cookie_ok(value: str) -> bool:
     expires, _, signature = value.partition(".")
-    if not expires.isdigit() or int(expires) < time.time():
+    # isdigit() alone admits digits such as '²' that int() refuses: a forged cookie must not be a 500.
+    if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
         return False
     return hmac.compare_digest(signature, _signature(int(expires)))
 

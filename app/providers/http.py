@@ -132,7 +132,7 @@ class UpstreamClient:
         size = 0
         try:
             # The header is only a shortcut: the count below holds whatever it says (or a decompressed size).
-            if declared.isdigit() and int(declared) > self.max_bytes:
+            if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
                 raise too_large(self.label, "an answer", self.max_bytes)
             for piece in _Pieces(response, self.label, timer, _never):
                 size += len(piece)
