@@ -116,8 +116,17 @@ def client_loop(client: int, base: str, deadline: float) -> Tally:
         for _ in range(MAX_CALLS_PER_CLIENT):
             if time.monotonic() >= deadline:
                 break
+            kind = rng.choice(MIX)
             try:
-                one_call(http, rng.choice(MIX), client, rng, tally, base)
+                try:
+                    one_call(http, kind, client, rng, tally, base)
+                except requests.ConnectionError as exc:
+                    if "RemoteDisconnected" not in str(exc):
+                        raise
+                    # Apache may close an idle keep-alive connection as the next request goes out (its event MPM
+                    # does so under load); HTTP lets a client retry then, and the openai SDK does. Once, counted.
+                    tally.calls["keepalive_retry"] += 1
+                    one_call(http, kind, client, rng, tally, base)
             except (requests.RequestException, ValueError, KeyError, IndexError) as exc:
                 tally.failures.append(f"exception {type(exc).__name__}: {exc}")
     return tally
@@ -157,6 +166,7 @@ def test_sustained_mixed_load_loses_nothing(load_site, load_bridge):
     failures = [f for t in tallies for f in t.failures]
     latencies = sorted(x for t in tallies for x in t.latencies)
     acknowledged = {name: ids for t in tallies for name, ids in t.acknowledged.items()}
+    answered = sum(n for kind, n in calls.items() if kind != "keepalive_retry")
 
     stored = requests.get(base + "/session/list", headers=ADMIN, params={"domain": "lmarena.ai"}, timeout=60).json()
     kept = {s["session_name"]: (s["session_id"], s["message_id"]) for s in stored["data"]}
@@ -167,8 +177,8 @@ def test_sustained_mixed_load_loses_nothing(load_site, load_bridge):
         "date": time.strftime("%Y-%m-%d"),
         "seconds": round(elapsed, 1),
         "clients": CLIENTS,
-        "requests": sum(calls.values()),
-        "requests_per_second": round(sum(calls.values()) / elapsed, 1),
+        "requests": answered,
+        "requests_per_second": round(answered / elapsed, 1),
         "calls": dict(calls),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
@@ -185,6 +195,7 @@ def test_sustained_mixed_load_loses_nothing(load_site, load_bridge):
     assert failures == [], (failures[:10], report)
     assert lost == [], (lost[:10], report)
     assert min(calls[k] for k in ("chat", "stream", "register", "models")) > 0, report
+    assert calls["keepalive_retry"] <= answered // 200, report  # a rare race, not a pattern
     assert len(acknowledged) > CLIENTS  # most clients registered several names
     assert common, f"no app process lived through the run: {memory}"
     assert max(growth_mib.values()) < 16, (growth_mib, report)
