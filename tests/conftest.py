@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import openai
 import pytest
@@ -10,6 +11,7 @@ from waitress.server import create_server
 
 from app import create_app
 from app.config import SETTINGS
+from tests.redis_server import RedisServer
 from tests.upstreams.fake_bridge import FakeBridge
 from tests.upstreams.fake_yupp import FakeYupp
 
@@ -58,40 +60,48 @@ def with_yupp(yupp):
     }
 
 
+def app_settings(bridge_url: str, storage: Path, **overrides) -> dict:
+    """Return the settings every test app starts from: the fake bridge, keys, quick retries, data under storage."""
+    return {
+        "TESTING": True,
+        "GATEWAY_ENV_FILE": "",
+        "LMARENA_BRIDGE_BASE_URL": bridge_url,
+        "LMARENA_BRIDGE_API_KEY": BRIDGE_KEY,
+        "LMARENA_BRIDGE_TIMEOUT": 5,
+        "GATEWAY_API_KEYS": CLIENT_KEY,
+        "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
+        "GATEWAY_HEALTH_CACHE_SECONDS": 5,
+        "STORAGE_PATH": str(storage / "sessions.json"),
+        "GATEWAY_ANALYTICS_PATH": str(storage / "analytics.sqlite3"),
+        # Quick retries; Retry-After beyond 1 s means "try elsewhere" instead of a slow test.
+        "GATEWAY_RETRY_BASE_DELAY": 0.01,
+        "GATEWAY_RETRY_MAX_DELAY": 0.05,
+        "GATEWAY_RETRY_AFTER_CAP": 1,
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+        **overrides,
+    }
+
+
+def close_app(app) -> None:
+    """Close what an app holds open: pooled upstream connections, the analytics writer, the rate limit file."""
+    app.extensions["router"].close()
+    for service in ("analytics", "ratelimit"):
+        if app.extensions.get(service) is not None:
+            app.extensions[service].close()
+
+
 @pytest.fixture
 def make_app(bridge, tmp_path):
     """Return a factory of apps wired to the fake bridge; keyword arguments override settings."""
-
     apps = []
 
     def factory(**overrides):
-        config = {
-            "TESTING": True,
-            "GATEWAY_ENV_FILE": "",
-            "LMARENA_BRIDGE_BASE_URL": bridge.url,
-            "LMARENA_BRIDGE_API_KEY": BRIDGE_KEY,
-            "LMARENA_BRIDGE_TIMEOUT": 5,
-            "GATEWAY_API_KEYS": CLIENT_KEY,
-            "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
-            "GATEWAY_HEALTH_CACHE_SECONDS": 5,
-            "STORAGE_PATH": str(tmp_path / "storage" / "sessions.json"),
-            "GATEWAY_ANALYTICS_PATH": str(tmp_path / "storage" / "analytics.sqlite3"),
-            # Quick retries; Retry-After beyond 1 s means "try elsewhere" instead of a slow test.
-            "GATEWAY_RETRY_BASE_DELAY": 0.01,
-            "GATEWAY_RETRY_MAX_DELAY": 0.05,
-            "GATEWAY_RETRY_AFTER_CAP": 1,
-            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
-        }
-        config.update(overrides)
-        apps.append(create_app(config))
+        apps.append(create_app(app_settings(bridge.url, tmp_path / "storage", **overrides)))
         return apps[-1]
 
     yield factory
     for app in apps:
-        app.extensions["router"].close()  # pooled upstream connections
-        for service in ("analytics", "ratelimit"):
-            if app.extensions.get(service) is not None:
-                app.extensions[service].close()
+        close_app(app)
 
 
 @pytest.fixture
@@ -186,3 +196,36 @@ def openai_for():
 def openai_client(live, openai_for):
     """The official OpenAI client pointed at the gateway."""
     return openai_for(live)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port, for the whole run."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+SESSION_ID, MESSAGE_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
+SAY_HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def traffic(live, openai_client, bridge, admin):
+    """Real requests through the served gateway: two JSON answers (one through session team-a), one stream, one
+    failure (no browser); returns a test client of the same app."""
+    client = live.app.test_client()
+    registered = client.post(
+        "/session/register",
+        headers=admin,
+        json={"domain": "lmarena.ai", "session_name": "team-a", "session_id": SESSION_ID, "message_id": MESSAGE_ID},
+    )
+    assert registered.status_code == 201
+    openai_client.chat.completions.create(model="gpt-5", messages=SAY_HELLO)
+    openai_client.chat.completions.create(model="gpt-5", messages=SAY_HELLO, extra_headers={"X-Session-Name": "team-a"})
+    list(openai_client.chat.completions.create(model="gpt-5", messages=SAY_HELLO, stream=True))
+    bridge.no_browser = True
+    with pytest.raises(openai.APIStatusError):
+        openai_client.chat.completions.create(model="gpt-5", messages=SAY_HELLO)
+    bridge.no_browser = False
+    return client

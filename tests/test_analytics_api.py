@@ -5,37 +5,16 @@ from __future__ import annotations
 import json
 import time
 
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.sseclient_raw import open_stream, read_frames
 
 HI = [{"role": "user", "content": "Say hello"}]
-SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
 
 
 def samples(text: str, name: str) -> list:
     return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
-
-
-@pytest.fixture
-def traffic(live, openai_client, bridge, admin):
-    """Two JSON answers, one stream, one failure (no browser), one request through a session."""
-    client = live.app.test_client()
-    client.post(
-        "/session/register",
-        headers=admin,
-        json={"domain": "lmarena.ai", "session_name": "team-a", "session_id": SID, "message_id": MID},
-    )
-    openai_client.chat.completions.create(model="gpt-5", messages=HI)
-    openai_client.chat.completions.create(model="gpt-5", messages=HI, extra_headers={"X-Session-Name": "team-a"})
-    list(openai_client.chat.completions.create(model="gpt-5", messages=HI, stream=True))
-    bridge.no_browser = True
-    with pytest.raises(openai.APIStatusError):
-        openai_client.chat.completions.create(model="gpt-5", messages=HI)
-    bridge.no_browser = False
-    return client
 
 
 def test_summary_counts_real_requests(traffic, admin):

@@ -10,10 +10,11 @@ import openai
 import pytest
 
 from tests.conftest import ADMIN_KEY
+from tests.conftest import MESSAGE_ID as MID
+from tests.conftest import SESSION_ID as SID
 from tests.upstreams.script import Status
 
 HI = [{"role": "user", "content": "Say hello"}]
-SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
 
 
 def text(response) -> str:
@@ -35,26 +36,6 @@ def row(response, table: str, first_cell: str) -> list[str]:
 
 def sign_in(client, key: str = ADMIN_KEY, base_url: str | None = None, **form):
     return client.post("/dashboard/login", data={"admin_key": key, **form}, base_url=base_url)
-
-
-@pytest.fixture
-def traffic(live, openai_client, bridge, admin):
-    """Three answers (one of them a stream, one through session team-a) and one failure."""
-    client = live.app.test_client()
-    registered = client.post(
-        "/session/register",
-        headers=admin,
-        json={"domain": "lmarena.ai", "session_name": "team-a", "session_id": SID, "message_id": MID},
-    )
-    assert registered.status_code == 201
-    openai_client.chat.completions.create(model="gpt-5", messages=HI)
-    openai_client.chat.completions.create(model="gpt-5", messages=HI, extra_headers={"X-Session-Name": "team-a"})
-    list(openai_client.chat.completions.create(model="gpt-5", messages=HI, stream=True))
-    bridge.no_browser = True
-    with pytest.raises(openai.APIStatusError):
-        openai_client.chat.completions.create(model="gpt-5", messages=HI)
-    bridge.no_browser = False
-    return client
 
 
 def test_without_the_admin_key_it_asks_for_it_and_shows_nothing(traffic):

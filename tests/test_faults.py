@@ -12,7 +12,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from app.config import ConfigError, load_settings
 from tests.sseclient_raw import RawStream, stream_chat
 from tests.upstreams.fake_bridge import DEFAULT_REPLY as BRIDGE_REPLY
 from tests.upstreams.fake_yupp import DEFAULT_REPLY as YUPP_REPLY
-from tests.upstreams.httpserver import FakeUpstream
+from tests.upstreams.httpserver import FakeUpstream, wait_until
 from tests.upstreams.script import Delay, Reset, Stall, Status
 
 FIRST_BYTE = 1.0  # <provider>_TIMEOUT in every gateway here
@@ -177,22 +176,12 @@ def normal(client: openai.OpenAI, target: Target, stream: bool) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-def eventually(predicate: Callable[[], object], timeout: float = 2.0) -> bool:
-    """Poll predicate until it holds or timeout passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def assert_released(fake: FakeUpstream, port: int, pumps_before: int, pooled: int = 0) -> None:
     """Check the fault left nothing running: no upstream stream, no stream pump, no upstream connection held."""
-    assert eventually(lambda: fake.open_streams == 0), "the upstream is still streaming"
-    assert eventually(lambda: pumps() <= pumps_before), "a stream pump is still running"
+    assert wait_until(lambda: fake.open_streams == 0, 2), "the upstream is still streaming"
+    assert wait_until(lambda: pumps() <= pumps_before, 2), "a stream pump is still running"
     if TCP_TABLE.exists():
-        assert eventually(lambda: held_connections(port) <= pooled), f"{held_connections(port)} connections held"
+        assert wait_until(lambda: held_connections(port) <= pooled, 2), f"{held_connections(port)} connections held"
 
 
 @pytest.fixture
@@ -267,7 +256,7 @@ def test_many_faulted_streams_leave_the_server_answering_concurrent_requests(
     assert len(set(codes)) >= 4, codes
     for fake in fakes.values():
         assert_released(fake, port_of(fake), pumps_before, pooled=1)
-    assert eventually(lambda: threading.active_count() <= threads_before + 2), threading.enumerate()
+    assert wait_until(lambda: threading.active_count() <= threads_before + 2, 2), threading.enumerate()
 
     asks = [(target, stream) for target in TARGETS.values() for stream in (False, True)] * 2
     with ThreadPoolExecutor(len(asks)) as pool:

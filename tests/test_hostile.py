@@ -30,14 +30,11 @@ def send(server, method: str, path: str, headers: dict[str, str], body: bytes | 
         conn.close()
 
 
+JSON_WITH_KEY = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
+
+
 def still_serves(server) -> bool:
-    status, _, body = send(
-        server,
-        "POST",
-        "/v1/chat/completions",
-        {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"},
-        CHAT,
-    )
+    status, _, body = send(server, "POST", "/v1/chat/completions", JSON_WITH_KEY, CHAT)
     return status == 200 and b"Hello" in body
 
 
@@ -47,7 +44,7 @@ def still_serves(server) -> bool:
 )
 def test_an_oversized_header_value_is_a_clean_4xx(live, name, size):
     value = ("Bearer " if name == "Authorization" else "") + "a" * size
-    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json", name: value}
+    headers = {**JSON_WITH_KEY, name: value}
     status, answer_headers, body = send(live, "POST", "/v1/chat/completions", headers, CHAT)
     if name == "X-Request-Id":
         assert status == 200 and len(answer_headers["X-Request-Id"]) <= 128  # replaced, not echoed
@@ -68,13 +65,7 @@ def test_headers_beyond_the_server_limit_are_refused_and_the_server_lives(live):
 
 def test_an_oversized_body_is_413_before_it_is_read(live):
     body = b'{"model": "gpt-5", "messages": [' + b"[1]," * 5_000_000 + b"[1]]}"
-    status, _, answer = send(
-        live,
-        "POST",
-        "/v1/chat/completions",
-        {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"},
-        body,
-    )
+    status, _, answer = send(live, "POST", "/v1/chat/completions", JSON_WITH_KEY, body)
     assert status == 413 and json.loads(answer)["error"]["code"] == "request_too_large"
     assert still_serves(live)
 

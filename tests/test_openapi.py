@@ -16,7 +16,7 @@ from app import create_app
 from app.api.openapi import DOCUMENT, document
 from app.config import SETTINGS
 from app.version import __version__
-from tests.conftest import ADMIN_KEY, BRIDGE_KEY, CLIENT_KEY, LiveServer
+from tests.conftest import ADMIN_KEY, BRIDGE_KEY, CLIENT_KEY, LiveServer, app_settings, close_app
 from tests.upstreams.fake_bridge import FakeBridge
 
 SPEC: dict[str, Any] = json.loads(DOCUMENT.read_text(encoding="utf-8"))
@@ -165,31 +165,18 @@ def gateway(tmp_path_factory) -> Iterator[LiveServer]:
             env.delenv(setting.name, raising=False)
         env.delenv("GATEWAY_ENV_FILE", raising=False)
         app = create_app(
-            {
-                "TESTING": True,
-                "GATEWAY_ENV_FILE": "",
-                "LMARENA_BRIDGE_BASE_URL": bridge.url,
-                "LMARENA_BRIDGE_API_KEY": BRIDGE_KEY,
-                "LMARENA_BRIDGE_TIMEOUT": 5,
-                "GATEWAY_API_KEYS": CLIENT_KEY,
-                "GATEWAY_ADMIN_KEY": ADMIN_KEY,
-                "GATEWAY_CRON_TOKEN": CRON_TOKEN,
-                "GATEWAY_SSE_KEEPALIVE_SECONDS": 1,
-                "GATEWAY_RETRY_BASE_DELAY": 0.01,
-                "GATEWAY_RETRY_MAX_DELAY": 0.05,
-                "GATEWAY_RETRY_AFTER_CAP": 1,
-                "GATEWAY_BREAKER_FAILURES": 1000,
-                "STORAGE_PATH": str(storage / "sessions.json"),
-                "GATEWAY_ANALYTICS_PATH": str(storage / "analytics.sqlite3"),
-            }
+            app_settings(
+                bridge.url,
+                storage,
+                GATEWAY_CRON_TOKEN=CRON_TOKEN,
+                GATEWAY_BREAKER_FAILURES=1000,
+            )
         )
     _on_the_fake_bridge(app.extensions["router"], bridge.url)
     server = LiveServer(app)
     yield server
     server.stop()
-    for service in ("router", "analytics", "ratelimit"):
-        if app.extensions.get(service) is not None:
-            app.extensions[service].close()
+    close_app(app)
     bridge.stop()
 
 

@@ -14,17 +14,9 @@ import pytest
 from app.config import ConfigError
 from app.ratelimit import Limiter, RedisCells, SQLiteCells
 from tests.conftest import CLIENT_KEY
-from tests.redis_server import RedisServer
 
 HI = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
 WORKER = str(Path(__file__).with_name("ratelimit_worker.py"))
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

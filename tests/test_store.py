@@ -10,16 +10,8 @@ import pytest
 from app.store.base import Session, SessionLimitReached, StoreError, isoformat, parse_time, utcnow
 from app.store.json_store import JsonSessionStore
 from app.store.redis_store import RedisSessionStore
-from tests.redis_server import RedisServer
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["json", "redis"])

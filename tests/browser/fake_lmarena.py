@@ -18,11 +18,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
+
+from tests.upstreams.httpserver import wait_until
 
 RETRY_PATH = re.compile(r"^/nextjs-api/stream/retry-evaluation-session-message/([^/?#]+)/messages/([^/?#]+)$")
 HOSTNAMES = ("lmarena.ai", "*.lmarena.ai")
@@ -305,15 +306,7 @@ class FakeLMArena:
         with self._lock:
             return list(self.retries)
 
-    @staticmethod
-    def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
-        """Poll `predicate` until it is truthy or `timeout` passes; return its last truthiness."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
+    wait_until = staticmethod(wait_until)
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:

@@ -241,6 +241,16 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         raise _Aborted
 
 
+def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll `predicate` until it is truthy or `timeout` passes; return its last truthiness."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -350,14 +360,7 @@ class FakeUpstream:
         """Return whether stop() has been called."""
         return self._stopping.is_set()
 
-    def wait_until(self, predicate: Callable[[], object], timeout: float) -> bool:
-        """Poll `predicate` until it is truthy or `timeout` passes; return its last truthiness."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+    wait_until = staticmethod(wait_until)
 
     def _record_request(self, handler: UpstreamHandler, body: bytes) -> tuple[RecordedRequest, Step | None]:
         headers: dict[str, str] = {}
