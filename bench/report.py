@@ -1,0 +1,122 @@
+"""Turn the cells of a run into medians, paired "added" figures, the targets check, and markdown tables."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+GOALS = {
+    "added_p50_ms": 1.5,
+    "added_p99_ms": 5.0,
+    "added_ttfb_ms": 2.0,
+    "chunk_relay_ms": 1.0,
+    "c8_vs_litellm": 2.0,
+    "store_lookup_ms": 1.0,
+}
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _pick(cell: dict, figure: str, stat: str) -> float | None:
+    block = cell.get(figure)
+    return block.get(stat) if isinstance(block, dict) else None
+
+
+def summarize(cells: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """Return {(target, mode, concurrency): medians over rounds, with "added" paired to direct in the same round}."""
+    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for cell in cells:
+        if "error" not in cell:
+            groups[(cell["target"], cell["mode"], cell["concurrency"])].append(cell)
+    direct = {
+        (c["mode"], c["concurrency"], c["round"]): c for c in cells if c["target"] == "direct" and "error" not in c
+    }
+    summary = {}
+    for key, group in groups.items():
+        _, mode, concurrency = key
+        row: dict = {"rounds": len(group), "client": group[0]["client"]}
+        row["rps"] = _median([c["rps"] for c in group])
+        row["cpu_ms_per_request"] = _median([c.get("cpu_ms_per_request") for c in group])
+        row["errors"] = sum(sum(c["errors"].values()) for c in group)
+        row["upstream_connections_per_request"] = _median([_pick(c, "upstream", "per_request") for c in group])
+        for figure in ("latency_ms", "ttfb_ms", "chunk_delay_ms"):
+            for stat in ("p50", "p95", "p99"):
+                row[f"{figure}_{stat}"] = _median([_pick(c, figure, stat) for c in group])
+                added, ratio = [], []
+                for cell in group:
+                    base = direct.get((mode, concurrency, cell["round"]))
+                    mine, theirs = _pick(cell, figure, stat), _pick(base, figure, stat) if base else None
+                    if mine is not None and theirs is not None:
+                        added.append(mine - theirs)
+                        ratio.append(mine / theirs if theirs else None)
+                row[f"added_{figure}_{stat}"] = _median(added)
+                row[f"ratio_{figure}_{stat}"] = _median(ratio)
+        summary[key] = row
+    return summary
+
+
+def check_goals(summary: dict, store: list[dict], gateways: list[str]) -> list[dict]:
+    """Return one row per goal of issue 9: the goal, and per gateway server the measured value and whether met."""
+
+    def get(target: str, mode: str, c: int, field: str) -> float | None:
+        return summary.get((target, mode, c), {}).get(field)
+
+    litellm_c8 = get("litellm", "json", 8, "rps")
+    json_store = next((s for s in store if s.get("backend") == "json" and "lookups" in s), None)
+    lookup_p99 = json_store["lookups"]["latency_us"]["p99"] / 1000 if json_store else None
+    goals = [
+        (
+            "added latency p50, JSON, c=1 (ms)",
+            "≤",
+            GOALS["added_p50_ms"],
+            lambda t: get(t, "json", 1, "added_latency_ms_p50"),
+        ),
+        (
+            "added latency p99, JSON, c=1 (ms)",
+            "≤",
+            GOALS["added_p99_ms"],
+            lambda t: get(t, "json", 1, "added_latency_ms_p99"),
+        ),
+        (
+            "added TTFB p50, stream, c=1 (ms)",
+            "≤",
+            GOALS["added_ttfb_ms"],
+            lambda t: get(t, "stream", 1, "added_ttfb_ms_p50"),
+        ),
+        (
+            "chunk relay delay p50, c=1 (ms)",
+            "≤",
+            GOALS["chunk_relay_ms"],
+            lambda t: get(t, "paced", 1, "added_chunk_delay_ms_p50"),
+        ),
+        (
+            "req/s at c=8 ÷ LiteLLM's (JSON)",
+            "≥",
+            GOALS["c8_vs_litellm"],
+            lambda t: get(t, "json", 8, "rps") / litellm_c8 if litellm_c8 and get(t, "json", 8, "rps") else None,
+        ),
+        ("session lookup p99 at 10k sessions, JSON store (ms)", "≤", GOALS["store_lookup_ms"], lambda t: lookup_p99),
+    ]
+    rows = []
+    for label, sense, goal, measure in goals:
+        row = {"goal": label, "sense": sense, "target": goal, "measured": {}}
+        for gateway in gateways:
+            value = measure(gateway)
+            met = None if value is None else (value <= goal if sense == "≤" else value >= goal)
+            row["measured"][gateway] = {"value": value, "met": met}
+        rows.append(row)
+    return rows
+
+
+def write_readme(readme: Path, section: str) -> None:
+    """Replace what is between `<!-- results -->` and `<!-- /results -->` in readme."""
+    text = readme.read_text()
+    pattern = re.compile(r"(<!-- results -->\n).*?(<!-- /results -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no <!-- results --> ... <!-- /results --> markers")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + section + m.group(2), text))

@@ -1,0 +1,184 @@
+"""Benchmark the gateway's overhead, stream relay and session store beside the mock called directly and LiteLLM.
+
+    bench/.venv/bin/python bench/run.py            # full run (~20 min)
+    bench/.venv/bin/python bench/run.py --quick    # smoke run (a few minutes)
+    bench/.venv/bin/python bench/run.py --only store
+
+Writes bench/results/<date>-<host>[-quick].json and the tables into bench/README.md (see that file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import relay
+import report
+import store_bench
+import tables
+from clients import WRK
+from servers import HERE, REPO
+
+PARTS = ("relay", "store", "profile")
+TARGETS = ("direct", "gw-waitress", "gw-gunicorn", "gw-gunicorn+session", "gw-passenger", "litellm")
+
+
+def numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; --quick changes the defaults, explicit options still win."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s cells, shorter store phases")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"parts to run, from {','.join(PARTS)}")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"relay targets, from {','.join(TARGETS)}")
+    parser.add_argument("--concurrency", type=numbers, default=[1, 8, 32])
+    parser.add_argument("--paced-concurrency", type=numbers, default=None, help="default 1,8 (quick: 1)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per cell (default 5, quick 2)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per cell (default 1, quick 0.5)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
+    parser.add_argument("--passenger-pool", type=int, default=None, help="PassengerMaxPoolSize (default: max c)")
+    parser.add_argument("--litellm-workers", type=int, default=2)
+    parser.add_argument("--no-install", action="store_true", help="do not pip install litellm[proxy] when missing")
+    parser.add_argument("--mock-procs", type=int, default=1)
+    parser.add_argument("--pin", action="store_true", help="load generator and mock on CPU 1, servers on CPU 0")
+    parser.add_argument("--python-client", action="store_true", help="use bench/loadgen.py for JSON cells too")
+    parser.add_argument("--store-seconds", type=float, default=None, help="seconds per store phase (default 5)")
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--profile-seconds", type=float, default=None, help="py-spy seconds (default 8, quick 4)")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md's table")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles) under bench/.cache")
+    parser.add_argument("--render", type=Path, help="only rewrite README.md's table from an earlier results JSON")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "duration": 2.0 if quick else 5.0,
+        "warmup": 0.5 if quick else 1.0,
+        "rounds": 1 if quick else 3,
+        "paced_concurrency": [1] if quick else [1, 8],
+        "store_seconds": 2.0 if quick else 5.0,
+        "profile_seconds": 4.0 if quick else 8.0,
+        "passenger_pool": max(args.concurrency),
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.parts = [p for p in args.only.split(",") if p]
+    args.target_list = [t for t in args.targets.split(",") if t]
+    unknown = (set(args.parts) - set(PARTS)) | (set(args.target_list) - set(TARGETS))
+    if unknown:
+        parser.error(f"unknown part or target: {', '.join(sorted(unknown))}")
+    if "direct" not in args.target_list:
+        args.target_list.insert(0, "direct")  # every "added" figure is paired with it
+    return args
+
+
+def _text(args: list[str]) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine(args: argparse.Namespace) -> dict:
+    """Return what the numbers depend on: date, machine, software versions, run settings."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    version = re.search(r'__version__ = "([^"]+)"', (REPO / "app" / "version.py").read_text())
+    wrk = _text([WRK, "--version"]) if WRK else ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "host": socket.gethostname(),
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem.group(1)) / 1024 / 1024, 1) if mem else None,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "wrk": (re.search(r"wrk (\S+)", wrk) or re.search(r"(.+)", wrk or "?")).group(1) if WRK else None,
+        "gateway_version": version.group(1) if version else "?",
+        "commit": _text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "dirty": bool(_text(["git", "-C", str(REPO), "status", "--porcelain", "--", "app", "requirements.txt"])),
+        "mode": "quick" if args.quick else "full",
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "concurrency": args.concurrency,
+        "paced_concurrency": args.paced_concurrency,
+        "passenger_pool": args.passenger_pool,
+        "pinning": "load generator + mock on CPU 1, servers on CPU 0" if args.pin else "none (all share both cores)",
+        "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen parts, then write the JSON results and the README table."""
+    args = arguments(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.render:
+        report.write_readme(HERE / "README.md", tables.markdown(json.loads(args.render.read_text())))
+        return 0
+    cache = HERE / ".cache"
+    cache.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=cache))
+    meta = machine(args)
+    result: dict = {"meta": meta, "cells": [], "targets": [], "summary": [], "store": [], "profile": []}
+    try:
+        if "relay" in args.parts or "profile" in args.parts:
+            plan = relay.Plan(
+                targets=args.target_list,
+                concurrency=args.concurrency if "relay" in args.parts else [],
+                paced_concurrency=args.paced_concurrency if "relay" in args.parts else [],
+                duration=args.duration,
+                warmup=args.warmup,
+                rounds=args.rounds,
+                passenger_pool=args.passenger_pool,
+                litellm_workers=args.litellm_workers,
+                install_litellm=not args.no_install,
+                mock_procs=args.mock_procs,
+                client_cpus={1} if args.pin else None,
+                server_cpus={0} if args.pin else None,
+                python_client=args.python_client,
+                profile_seconds=args.profile_seconds if "profile" in args.parts else 0.0,
+                workdir=workdir,
+            )
+            result.update(relay.run(plan))
+        if "store" in args.parts:
+            relay.say(f"session store at {args.sessions:,} sessions ...")
+            result["store"] = store_bench.run(args.sessions, args.store_seconds, workdir / "store")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            relay.say(f"work folder kept: {workdir}")
+    meta["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    summary = report.summarize(result["cells"])
+    result["summary"] = [{"target": t, "mode": m, "concurrency": c, **row} for (t, m, c), row in summary.items()]
+    gateways = [t["name"] for t in result["targets"] if t["name"].startswith("gw-") and "+" not in t["name"]]
+    result["goals"] = report.check_goals(summary, result["store"], gateways)
+    out = HERE / "results" / f"{time.strftime('%Y-%m-%d')}-{meta['host']}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    section = tables.markdown(result)
+    print(section)
+    if not args.no_readme:
+        report.write_readme(HERE / "README.md", section)
+    relay.say(f"results: {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Markdown tables of a run's results, for bench/README.md and the terminal."""
+
+from __future__ import annotations
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def _table(title: str, header: list[str], rows: list[list[str]], numbers: bool = True) -> list[str]:
+    """Return a markdown table under a bold title; the first column left-aligned, the others right for numbers."""
+    if not rows:
+        return []
+    rule = "|---|" + ("---:|" if numbers else "---|") * (len(header) - 1)
+    lines = ["", title, "", "| " + " | ".join(header) + " |", rule]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def markdown(result: dict) -> str:
+    """Return the results section of bench/README.md."""
+    meta, targets = result["meta"], result["targets"]
+    summary = {(r["target"], r["mode"], r["concurrency"]): r for r in result["summary"]}
+    dirty = " + uncommitted changes" if meta["dirty"] else ""
+    out = [
+        f"Run **{meta['date']}** on `{meta['host']}`: {meta['cpu']}, {meta['cores']} cores, "
+        f"{meta['memory_gib']} GiB; Python {meta['python']}; Linux {meta['kernel']}; wrk {meta['wrk'] or 'absent'}; "
+        f"gateway {meta['gateway_version']} at `{meta['commit']}`{dirty}.",
+        f"Mode `{meta['mode']}`: {meta['rounds']} round(s) × {meta['duration_s']} s per cell after "
+        f"{meta['warmup_s']} s warm-up, targets interleaved (order rotated each round), medians over rounds; "
+        f"CPU pinning: {meta['pinning']}. Load average at start {meta['load_before']}, at end "
+        f"{meta.get('load_after', '?')} (other work on the machine adds noise).",
+    ]
+    out += _table(
+        "Which server produced each number:",
+        ["target", "what", "status"],
+        [[f"`{t['name']}`", t["label"], (t.get("unavailable") or "ok")[:300]] for t in targets],
+        numbers=False,
+    )
+
+    def rows(mode: str, columns) -> list[list[str]]:
+        found = []
+        for t in targets:
+            for c in meta["paced_concurrency"] if mode == "paced" else meta["concurrency"]:
+                r = summary.get((t["name"], mode, c))
+                if r:
+                    found.append([f"`{t['name']}`", str(c), *columns(r), str(r["errors"])])
+        return found
+
+    out += _table(
+        "**JSON answers** (wrk, closed loop; added = this target minus direct in the same round):",
+        ["target", "c", "req/s", "p50 ms", "p95 ms", "p99 ms", "added p50 ms", "added p99 ms", "× direct p50"]
+        + ["CPU ms/req", "upstream conns/req", "errors"],
+        rows(
+            "json",
+            lambda r: [
+                _f(r["rps"], 0),
+                *(_f(r[f"latency_ms_{p}"]) for p in ("p50", "p95", "p99")),
+                _signed(r["added_latency_ms_p50"]),
+                _signed(r["added_latency_ms_p99"]),
+                _f(r["ratio_latency_ms_p50"], 1),
+                _f(r["cpu_ms_per_request"]),
+                _f(r["upstream_connections_per_request"], 3),
+            ],
+        ),
+    )
+    out += _table(
+        "**Streams** (10 content chunks back to back; bench/loadgen.py; TTFB = first content chunk, not headers):",
+        ["target", "c", "streams/s", "total p50 ms", "total p99 ms", "TTFB p50 ms", "TTFB p99 ms"]
+        + ["added TTFB p50", "added TTFB p99", "CPU ms/stream", "upstream conns/stream", "errors"],
+        rows(
+            "stream",
+            lambda r: [
+                _f(r["rps"], 0),
+                _f(r["latency_ms_p50"]),
+                _f(r["latency_ms_p99"]),
+                _f(r["ttfb_ms_p50"]),
+                _f(r["ttfb_ms_p99"]),
+                _signed(r["added_ttfb_ms_p50"]),
+                _signed(r["added_ttfb_ms_p99"]),
+                _f(r["cpu_ms_per_request"]),
+                _f(r["upstream_connections_per_request"], 3),
+            ],
+        ),
+    )
+    out += _table(
+        "**Chunk relay** (the mock sends 10 chunks 50 ms apart, each stamped with its send time; "
+        "delay = arrival − send):",
+        ["target", "c", "chunk delay p50 ms", "p95 ms", "p99 ms", "added p50 ms", "added p99 ms", "errors"],
+        rows(
+            "paced",
+            lambda r: [
+                *(_f(r[f"chunk_delay_ms_{p}"]) for p in ("p50", "p95", "p99")),
+                _signed(r["added_chunk_delay_ms_p50"]),
+                _signed(r["added_chunk_delay_ms_p99"]),
+            ],
+        ),
+    )
+    out += _table(
+        "**Memory** (sampled every 0.5 s through the run; peak RSS = the largest VmHWM of one process, start-up "
+        "included; PSS splits shared pages between processes):",
+        ["target", "processes", "peak RSS per process MiB", "median process peak MiB", "peak total PSS MiB"],
+        [
+            [f"`{t['name']}`", str(m["processes"])]
+            + [_f(m[k], 1) for k in ("peak_rss_per_process_mib", "median_peak_rss_mib", "peak_pss_total_mib")]
+            for t in targets
+            if (m := t.get("memory")) and m.get("processes")
+        ],
+    )
+    failed = [c for c in result["cells"] if "error" in c]
+    if failed:
+        out += ["", f"**{len(failed)} cell(s) failed** (not in the tables above):", ""]
+        out += [f"- `{c['target']}` {c['mode']} c={c['concurrency']}: {c['error'][:200]!r}" for c in failed[:10]]
+    out += _store_table(result.get("store") or [])
+    out += _goals_table(result.get("goals") or [])
+    if result.get("profile"):
+        out += [
+            "",
+            "**Profile** (py-spy `--gil`, waits left out: roughly the share of the process's Python CPU time, each "
+            "sample counted for the innermost area it is in; stdlib calls count for their caller):",
+            "",
+        ]
+        for prof in result["profile"]:
+            out.append(
+                f"- `{prof['target']}` {prof['mode']} c={prof['concurrency']} "
+                f"({prof.get('busy_samples', 0)} busy samples): "
+                + ", ".join(f"{g} {p:.0f}%" for g, p in prof.get("areas_self", {}).items() if p >= 1)
+            )
+    return "\n".join(out) + "\n"
+
+
+def _store_table(store: list[dict]) -> list[str]:
+    rows = []
+    for s in store:
+        if "lookups" not in s:
+            rows.append([s["backend"], (s.get("unavailable") or s.get("error") or "?")[:200]] + [""] * 9)
+            continue
+        look, busy = s["lookups"]["latency_us"], s["lookups_while_1_writer"]["latency_us"]
+        one, eight = s["register_1_writer"], s["register_8_writers"]
+        rows.append(
+            [s["backend"], f"{s['sessions']:,}", _f(s["lookups"]["ops_per_s"], 0), _f(look["p50"], 1)]
+            + [_f(look["p99"], 1), _f(s["lookups_8_readers"]["ops_per_s"], 0)]
+            + [f"{_f(busy['p99'], 1)} / {_f(busy['max'], 0)}"]
+            + [_f(one["ops_per_s"], 1), f"{_f(one['latency_ms'].get('p50'))} / {_f(one['latency_ms'].get('p99'))}"]
+            + [_f(eight["ops_per_s"], 1)]
+            + [f"{_f(eight['latency_ms'].get('p50'))} / {_f(eight['latency_ms'].get('p99'))}"]
+        )
+    return _table(
+        "**Session store** (app/store, one process per reader or writer; registrations alternate a new name and an "
+        "existing one):",
+        ["backend", "sessions", "lookups/s, 1 reader", "lookup p50 µs", "p99 µs", "lookups/s, 8 readers"]
+        + ["lookup p99 / max µs while 1 writer"]
+        + ["registrations/s, 1 writer", "p50 / p99 ms", "registrations/s, 8 writers", "p50 / p99 ms"],
+        rows,
+    )
+
+
+def _goals_table(goals: list[dict]) -> list[str]:
+    if not goals or not goals[0]["measured"]:
+        return []
+    gateways = list(goals[0]["measured"])
+    rows = []
+    for goal in goals:
+        cells = []
+        for gateway in gateways:
+            m = goal["measured"][gateway]
+            cells.append(f"{_f(m['value'])} {({True: '✅', False: '❌'}).get(m['met'], '–')}")
+        rows.append([f"{goal['goal']} {goal['sense']} {goal['target']:g}", *cells])
+    return _table("**Targets of issue 9** (✅ met, ❌ not met, – not measured):", ["goal", *gateways], rows)
