@@ -143,3 +143,13 @@ def test_client_disconnect_while_waiting_for_first_token_closes_upstream(live, a
     # reset, a later one fails. With 1 s keep-alives that is at most ~3 s; then the upstream goes at once.
     assert bridge.wait_until(lambda: bridge.disconnects, timeout=6), "upstream was left waiting"
     assert bridge.disconnects[0].at - closed_at < 3.5
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_consecutive_answers_reuse_one_upstream_connection(openai_client, bridge, stream):
+    for _ in range(5):
+        answer = openai_client.chat.completions.create(**_body(stream=stream))
+        if stream:
+            assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+    # The model list was fetched once first; every answer after it rode the same kept-alive connection.
+    assert bridge.accepted == 1, bridge.accepted

@@ -194,6 +194,33 @@ def _never() -> bool:
     return False
 
 
+FINISH_SECONDS = 0.25  # how long to wait for the end of a body after [DONE]; upstreams send it at once
+
+
+def finish(response: requests.Response, limit: int = READ_SIZE) -> bool:
+    """Read the end of a body whose content is all in (after [DONE]) so its connection goes back to the pool.
+
+    Return whether it did; a body that does not end quickly is left for close() to drop.
+    """
+    raw = response.raw
+    connection = getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return False
+    try:
+        sock.settimeout(FINISH_SECONDS)
+        left = limit
+        while left > 0:
+            piece = raw.read1(left)
+            if not piece:
+                break
+            left -= len(piece)
+    except Exception:  # noqa: BLE001 - whatever went wrong, close() drops the connection instead
+        return False
+    # urllib3 hands the connection back to its pool once the body has ended.
+    return getattr(raw, "_connection", None) is None
+
+
 class _Pieces:
     """The raw body as pieces, each returned as soon as any bytes are there (read1), errors translated.
 

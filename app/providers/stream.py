@@ -10,7 +10,7 @@ import requests
 
 from ..errors import GatewayError, UpstreamError
 from .base import ChatStream, Chunk
-from .http import StreamTimer, UpstreamClient, upstream_message
+from .http import StreamTimer, UpstreamClient, finish, upstream_message
 
 
 def carries_content(obj: dict[str, Any]) -> bool:
@@ -34,11 +34,13 @@ class SSEChatStream(ChatStream):
     def __init__(self, client: UpstreamClient, response: requests.Response, timer: StreamTimer) -> None:
         self.client, self.response, self.timer = client, response, timer
         self._aborted = False
+        self._done = False  # [DONE] came: the connection may be reused, so abort() must leave it alone
 
     def __iter__(self) -> Iterator[Chunk]:
         label = self.client.label
         for data in self.client.sse_data(self.response, self.timer, lambda: self._aborted):
             if data == "[DONE]":
+                self._done = True
                 return
             try:
                 obj = json.loads(data)
@@ -63,6 +65,8 @@ class SSEChatStream(ChatStream):
         )
 
     def abort(self) -> None:
+        if self._done:
+            return  # nothing is blocked on it, and its socket may already serve another request from the pool
         self._aborted = True
         try:
             self.response.raw.shutdown()
@@ -70,4 +74,7 @@ class SSEChatStream(ChatStream):
             pass  # already closed or released: nothing is blocked on it
 
     def close(self) -> None:
+        # Without reading the body's end, close() would drop the connection and the next stream open a new one.
+        if self._done:
+            finish(self.response)
         self.response.close()

@@ -71,6 +71,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         super().setup()
         with self.upstream._lock:
             self.upstream._connections.add(self.connection)
+            self.upstream.accepted += 1
 
     def finish(self) -> None:
         """Unregister the connection."""
@@ -283,6 +284,7 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self.accepted = 0  # TCP connections accepted so far: a client that reuses its connections keeps it low
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
