@@ -33,33 +33,57 @@ class Decision:
 
 
 class Limiter:
-    """GCRA: each key keeps one number, the theoretical arrival time; the pace is per_minute, bursts up to burst."""
+    """GCRA: each key keeps one number, the theoretical arrival time; the pace is per_minute, bursts up to burst.
+
+    A process takes a lease of several requests from the shared count at once (a tenth of the burst) and spends
+    it locally, so the shared file or Redis is touched once per lease, not once per request. Leases only ever
+    take what the shared count allows, so together the processes never pass more than the limit.
+    """
 
     def __init__(self, per_minute: int, burst: int, cells) -> None:
         self.per_minute = per_minute
         self.burst = burst or max(1, per_minute // 10)
         self.interval = 60.0 / per_minute
         self.window = self.interval * self.burst  # how far ahead of now the arrival time may run
+        self.lease = max(1, self.burst // 10)
+        # Unused leased requests lapse: a process must not sit on allowance it took long ago.
+        self.lease_seconds = max(1.0, self.lease * self.interval)
         self.cells = cells
+        self._leases: dict[str, list[float]] = {}  # key -> [requests left, lapses at, shared remaining then]
+        self._lock = threading.Lock()
         self._warned = 0.0
 
     def check(self, key: str, now: float | None = None) -> Decision:
         """Count one request for key; return whether it may pass and what to tell the client."""
         now = time.time() if now is None else now
+        with self._lock:
+            held = self._leases.get(key)
+            if held and held[0] >= 1 and now < held[1]:
+                held[0] -= 1
+                return Decision(True, int(held[0] + held[2]), 0.0, held[1] - now)
         try:
-            allowed, tat = self.cells.advance(key, now, self.interval, self.window)
+            granted, tat = self.cells.advance(key, now, self.interval, self.window, self.lease)
         except Exception as exc:  # noqa: BLE001 - a broken limiter must not take /v1 down with it
             if time.monotonic() - self._warned > WARN_EVERY:
                 self._warned = time.monotonic()
                 log.warning("rate limit state unavailable, letting requests through: %s", type(exc).__name__)
             return Decision(True, self.burst, 0.0, 0.0)
         ahead = max(0.0, tat - now)
-        if allowed:
-            return Decision(True, int((self.window - ahead) // self.interval), 0.0, ahead)
-        return Decision(False, 0, ahead + self.interval - self.window, ahead)
+        if not granted:
+            return Decision(False, 0, ahead + self.interval - self.window, ahead)
+        shared_left = int((self.window - ahead) / self.interval + 1e-9)
+        with self._lock:
+            self._leases[key] = [granted - 1, now + self.lease_seconds, shared_left]
+        return Decision(True, granted - 1 + shared_left, 0.0, ahead)
 
     def close(self) -> None:
         self.cells.close()
+
+
+def fits(tat: float, now: float, interval: float, window: float, want: int) -> int:
+    """Return how many of want requests fit under the window now, given the key's arrival time tat."""
+    ahead = max(tat, now) - now
+    return max(0, min(want, int((window - ahead) / interval + 1e-9)))  # epsilon: 2.9999999 is 3 requests
 
 
 class SQLiteCells:
@@ -85,20 +109,19 @@ class SQLiteCells:
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def advance(self, key: str, now: float, interval: float, window: float) -> tuple[bool, float]:
-        """Return (allowed, arrival time after this request) and store it, in one transaction."""
+    def advance(self, key: str, now: float, interval: float, window: float, want: int = 1) -> tuple[int, float]:
+        """Take up to want requests for key; return how many were granted and the arrival time after them."""
         # Plain SELECT + INSERT OR REPLACE, not UPSERT/RETURNING: hosting Pythons may link an old SQLite.
         with self._lock:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute("SELECT tat FROM cells WHERE key = ?", (key,)).fetchone()
-                tat = max(row[0] if row else now, now) + interval
-                allowed = tat - now <= window
-                if allowed:
+                tat = row[0] if row else now
+                granted = fits(tat, now, interval, window, want)
+                if granted:
+                    tat = max(tat, now) + granted * interval
                     conn.execute("INSERT OR REPLACE INTO cells (key, tat) VALUES (?, ?)", (key, tat))
-                else:
-                    tat -= interval
                 self._checks += 1
                 if self._checks % PRUNE_EVERY == 0:
                     conn.execute("DELETE FROM cells WHERE tat < ?", (now,))
@@ -106,7 +129,7 @@ class SQLiteCells:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return allowed, tat
+            return granted, tat
 
     def close(self) -> None:
         with self._lock:
@@ -115,15 +138,16 @@ class SQLiteCells:
             self._conn = None
 
 
-# Atomic in Redis: read the arrival time, move it on if the request fits, expire the key once it is in the past.
+# Atomic in Redis: read the arrival time, move it on by what fits, expire the key once it is in the past.
 _REDIS_GCRA = """
-local now, interval, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, interval, window, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
 if tat < now then tat = now end
-local new = tat + interval
-if new - now > window then return {0, tostring(tat)} end
-redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
-return {1, tostring(new)}
+local granted = math.min(want, math.floor((window - (tat - now)) / interval + 1e-9))
+if granted < 1 then return {0, tostring(tat)} end
+tat = tat + granted * interval
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+return {granted, tostring(tat)}
 """
 
 
@@ -137,9 +161,11 @@ class RedisCells:
         self.prefix = prefix
         self._script = self.client.register_script(_REDIS_GCRA)
 
-    def advance(self, key: str, now: float, interval: float, window: float) -> tuple[bool, float]:
-        allowed, tat = self._script(keys=[self.prefix + key], args=[repr(now), repr(interval), repr(window)])
-        return bool(allowed), float(tat)
+    def advance(self, key: str, now: float, interval: float, window: float, want: int = 1) -> tuple[int, float]:
+        """Take up to want requests for key; return how many were granted and the arrival time after them."""
+        args = [repr(now), repr(interval), repr(window), str(want)]
+        granted, tat = self._script(keys=[self.prefix + key], args=args)
+        return int(granted), float(tat)
 
     def close(self) -> None:
         self.client.close()

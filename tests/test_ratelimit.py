@@ -49,6 +49,25 @@ def test_a_burst_passes_then_the_pace_holds(cells):
     assert limiter.check("other", now=t + 1.0).allowed  # keys are counted apart
 
 
+def test_leases_are_spent_locally_and_never_pass_more_than_the_burst(cells):
+    one, other = Limiter(600, 100, cells), Limiter(600, 100, cells)  # two processes; leases of 10
+    t = 2_000_000.0
+    assert one.check("k", now=t).allowed  # takes 10 from the shared count, spends 1
+    assert sum(other.check("k", now=t).allowed for _ in range(95)) == 90
+    assert sum(one.check("k", now=t).allowed for _ in range(20)) == 9  # what was left of its lease
+    assert not other.check("k", now=t).allowed
+    assert other.check("k", now=t + 0.1).allowed  # 0.1 s is one request at 600 a minute
+
+
+def test_an_unused_lease_lapses(cells):
+    limiter = Limiter(600, 100, cells)
+    t = 3_000_000.0
+    limiter.check("k", now=t)
+    assert limiter._leases["k"][0] == 9
+    limiter.check("k", now=t + limiter.lease_seconds + 0.5)  # too late for the old lease: a new one
+    assert limiter._leases["k"][0] == 9
+
+
 def test_burst_defaults_to_a_tenth_of_a_minute(cells):
     assert Limiter(per_minute=300, burst=0, cells=cells).burst == 30
     assert Limiter(per_minute=5, burst=0, cells=cells).burst == 1
