@@ -259,3 +259,15 @@ def test_wrong_yupp_key_is_502_and_not_retried(gateway, openai_for, yupp):
     assert caught.value.status_code == 502
     assert "YUPP2API_API_KEY" in caught.value.message
     assert len(chats(yupp)) == 1
+
+
+def test_model_ids_are_built_once_until_a_list_changes(make_app, with_yupp, yupp):
+    router = make_app(**with_yupp).extensions["router"]
+    bridge_provider, yupp_provider = router.providers
+    first = bridge_provider.known_models()
+    assert first and "gpt-5" in first
+    assert bridge_provider.known_models() is first  # the same set: nothing rebuilt per request
+    assert yupp_provider.known_models() is yupp_provider.known_models()
+    # What a refresh does: put a new list in the cache.
+    bridge_provider._remote_models._value = [*bridge_provider._remote_models._value, {"id": "new-model"}]
+    assert "new-model" in bridge_provider.known_models()

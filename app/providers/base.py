@@ -88,12 +88,24 @@ class Provider:
         """Return OpenAI model objects this provider serves; raise GatewayError when it cannot say."""
         raise NotImplementedError
 
+    def model_sources(self) -> tuple | None:
+        """Return the cached objects models() is built from, so known_models() can reuse its set (None: don't)."""
+        return None
+
     def known_models(self) -> frozenset[str] | None:
         """Return the ids this provider serves, or None when it cannot say right now (never waits long)."""
+        # Routing asks on every request: rebuild the set only when a source list was replaced (refreshed).
+        sources = self.model_sources()
+        known = getattr(self, "_known_models", None)
+        if sources is not None and known is not None and all(a is b for a, b in zip(known[0], sources, strict=True)):
+            return known[1]
         try:
-            return frozenset(m["id"] for m in self.models())
+            ids = frozenset(m["id"] for m in self.models())
         except Exception:  # an unknown list routes like an unknown provider: it may still serve the model
             return None
+        if sources is not None:
+            self._known_models = (sources, ids)
+        return ids
 
     def health(self) -> dict[str, Any]:
         """Return {"ok": bool, ...} from a quick, bounded look at the upstream."""

@@ -146,7 +146,8 @@ class BridgeFiles:
 
     @property
     def models(self) -> dict[str, BridgeModel]:
-        return self._models.value if self._models else {}
+        # The same empty dict each time: routing caches by identity what it built from this.
+        return self._models.value if self._models else _NO_MODELS
 
     @property
     def config(self) -> dict[str, Any]:
@@ -163,6 +164,9 @@ class BridgeFiles:
             return int(time.time())
         self._models.value  # noqa: B018 - lets the file's own throttled check pick up an edit first
         return int(self._models.mtime)
+
+
+_NO_MODELS: dict[str, BridgeModel] = {}
 
 
 def _parse_config(text: str) -> dict[str, Any]:
