@@ -45,7 +45,8 @@ class Limiter:
         self.burst = burst or max(1, per_minute // 10)
         self.interval = 60.0 / per_minute
         self.window = self.interval * self.burst  # how far ahead of now the arrival time may run
-        self.lease = max(1, self.burst // 10)
+        # A tenth of the burst, but at most a tenth of a second's worth: what a lapsed lease wastes stays small.
+        self.lease = max(1, min(self.burst // 10, int(0.1 / self.interval)))
         # Unused leased requests lapse: a process must not sit on allowance it took long ago.
         self.lease_seconds = max(1.0, self.lease * self.interval)
         self.cells = cells
@@ -56,23 +57,23 @@ class Limiter:
     def check(self, key: str, now: float | None = None) -> Decision:
         """Count one request for key; return whether it may pass and what to tell the client."""
         now = time.time() if now is None else now
+        # One thread at a time takes a lease: threads that each took one at once would waste the allowance.
         with self._lock:
             held = self._leases.get(key)
             if held and held[0] >= 1 and now < held[1]:
                 held[0] -= 1
                 return Decision(True, int(held[0] + held[2]), 0.0, held[1] - now)
-        try:
-            granted, tat = self.cells.advance(key, now, self.interval, self.window, self.lease)
-        except Exception as exc:  # noqa: BLE001 - a broken limiter must not take /v1 down with it
-            if time.monotonic() - self._warned > WARN_EVERY:
-                self._warned = time.monotonic()
-                log.warning("rate limit state unavailable, letting requests through: %s", type(exc).__name__)
-            return Decision(True, self.burst, 0.0, 0.0)
-        ahead = max(0.0, tat - now)
-        if not granted:
-            return Decision(False, 0, ahead + self.interval - self.window, ahead)
-        shared_left = int((self.window - ahead) / self.interval + 1e-9)
-        with self._lock:
+            try:
+                granted, tat = self.cells.advance(key, now, self.interval, self.window, self.lease)
+            except Exception as exc:  # noqa: BLE001 - a broken limiter must not take /v1 down with it
+                if time.monotonic() - self._warned > WARN_EVERY:
+                    self._warned = time.monotonic()
+                    log.warning("rate limit state unavailable, letting requests through: %s", type(exc).__name__)
+                return Decision(True, self.burst, 0.0, 0.0)
+            ahead = max(0.0, tat - now)
+            if not granted:
+                return Decision(False, 0, ahead + self.interval - self.window, ahead)
+            shared_left = int((self.window - ahead) / self.interval + 1e-6)
             self._leases[key] = [granted - 1, now + self.lease_seconds, shared_left]
         return Decision(True, granted - 1 + shared_left, 0.0, ahead)
 
@@ -83,7 +84,7 @@ class Limiter:
 def fits(tat: float, now: float, interval: float, window: float, want: int) -> int:
     """Return how many of want requests fit under the window now, given the key's arrival time tat."""
     ahead = max(tat, now) - now
-    return max(0, min(want, int((window - ahead) / interval + 1e-9)))  # epsilon: 2.9999999 is 3 requests
+    return max(0, min(want, int((window - ahead) / interval + 1e-6)))  # epsilon: 2.9999999 is 3 requests
 
 
 class SQLiteCells:
@@ -143,7 +144,7 @@ _REDIS_GCRA = """
 local now, interval, window, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
 if tat < now then tat = now end
-local granted = math.min(want, math.floor((window - (tat - now)) / interval + 1e-9))
+local granted = math.min(want, math.floor((window - (tat - now)) / interval + 1e-6))
 if granted < 1 then return {0, tostring(tat)} end
 tat = tat + granted * interval
 redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -50,17 +51,39 @@ def test_a_burst_passes_then_the_pace_holds(cells):
 
 
 def test_leases_are_spent_locally_and_never_pass_more_than_the_burst(cells):
-    one, other = Limiter(600, 100, cells), Limiter(600, 100, cells)  # two processes; leases of 10
+    one, other = Limiter(6000, 100, cells), Limiter(6000, 100, cells)  # two processes; leases of 10
     t = 2_000_000.0
     assert one.check("k", now=t).allowed  # takes 10 from the shared count, spends 1
     assert sum(other.check("k", now=t).allowed for _ in range(95)) == 90
     assert sum(one.check("k", now=t).allowed for _ in range(20)) == 9  # what was left of its lease
     assert not other.check("k", now=t).allowed
-    assert other.check("k", now=t + 0.1).allowed  # 0.1 s is one request at 600 a minute
+    assert other.check("k", now=t + 0.01).allowed  # 0.01 s is one request at 6,000 a minute
+
+
+def test_threads_at_a_high_limit_never_see_a_false_429(tmp_path):
+    # 16 threads for a while at a limit far above their pace: leases must not be taken (and wasted) in a herd.
+    limiter = Limiter(1_000_000, 0, SQLiteCells(str(tmp_path / "rl.sqlite3")))
+    assert limiter.lease == 1666  # a tenth of a second at this rate, not a tenth of the 100,000 burst
+    t0 = 4_000_000.0
+    refused = []
+
+    def worker(offset: int) -> None:
+        for i in range(2000):
+            now = t0 + i * 0.002 + offset * 1e-6  # 3 seconds of 500 requests/s per thread, leases lapsing
+            if not limiter.check("k", now=now).allowed:
+                refused.append(now)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert refused == []
+    limiter.close()
 
 
 def test_an_unused_lease_lapses(cells):
-    limiter = Limiter(600, 100, cells)
+    limiter = Limiter(6000, 100, cells)
     t = 3_000_000.0
     limiter.check("k", now=t)
     assert limiter._leases["k"][0] == 9
