@@ -35,8 +35,8 @@ class Decision:
 class Limiter:
     """GCRA: each key keeps one number, the theoretical arrival time; the pace is per_minute, bursts up to burst.
 
-    A process takes a lease of several requests from the shared count at once (a tenth of the burst) and spends
-    it locally, so the shared file or Redis is touched once per lease, not once per request. Leases only ever
+    A process takes a lease of several requests from the shared count at once (a tenth of the burst, at most a
+    tenth of a second's worth) and spends it locally, so the shared file or Redis is touched once per lease, not once per request. Leases only ever
     take what the shared count allows, so together the processes never pass more than the limit.
     """
 
