@@ -35,9 +35,10 @@ class Decision:
 class Limiter:
     """GCRA: each key keeps one number, the theoretical arrival time; the pace is per_minute, bursts up to burst.
 
-    A process takes a lease of several requests from the shared count at once (a tenth of the burst, at most a
-    tenth of a second's worth) and spends it locally, so the shared file or Redis is touched once per lease, not once per request. Leases only ever
-    take what the shared count allows, so together the processes never pass more than the limit.
+    A process takes a lease of several requests from the shared count at once (a tenth of the burst, at most 50 ms
+    worth), spends it locally and hands back what it left unused when the lease lapses, so the shared file or
+    Redis is touched once per lease, not once per request. Leases only ever take what the shared count allows, so
+    together the processes never pass more than the limit.
     """
 
     def __init__(self, per_minute: int, burst: int, cells) -> None:
@@ -45,8 +46,8 @@ class Limiter:
         self.burst = burst or max(1, per_minute // 10)
         self.interval = 60.0 / per_minute
         self.window = self.interval * self.burst  # how far ahead of now the arrival time may run
-        # A tenth of the burst, but at most a tenth of a second's worth: what a lapsed lease wastes stays small.
-        self.lease = max(1, min(self.burst // 10, int(0.1 / self.interval)))
+        # A tenth of the burst, but at most 50 ms worth: what the processes hold unused at any time stays small.
+        self.lease = max(1, min(self.burst // 10, int(0.05 / self.interval)))
         # Unused leased requests lapse: a process must not sit on allowance it took long ago.
         self.lease_seconds = max(1.0, self.lease * self.interval)
         self.cells = cells
@@ -63,14 +64,17 @@ class Limiter:
             if held and held[0] >= 1 and now < held[1]:
                 held[0] -= 1
                 return Decision(True, int(held[0] + held[2]), 0.0, held[1] - now)
+            # What a lapsed lease left unused goes back to the shared count: taken but never spent.
+            refund = int(held[0]) if held else 0
             try:
-                granted, tat = self.cells.advance(key, now, self.interval, self.window, self.lease)
+                granted, tat = self.cells.advance(key, now, self.interval, self.window, self.lease, refund)
             except Exception as exc:  # noqa: BLE001 - a broken limiter must not take /v1 down with it
                 if time.monotonic() - self._warned > WARN_EVERY:
                     self._warned = time.monotonic()
                     log.warning("rate limit state unavailable, letting requests through: %s", type(exc).__name__)
                 return Decision(True, self.burst, 0.0, 0.0)
             ahead = max(0.0, tat - now)
+            self._leases.pop(key, None)  # refunded above
             if not granted:
                 return Decision(False, 0, ahead + self.interval - self.window, ahead)
             shared_left = int((self.window - ahead) / self.interval + 1e-6)
@@ -110,18 +114,20 @@ class SQLiteCells:
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def advance(self, key: str, now: float, interval: float, window: float, want: int = 1) -> tuple[int, float]:
-        """Take up to want requests for key; return how many were granted and the arrival time after them."""
+    def advance(
+        self, key: str, now: float, interval: float, window: float, want: int = 1, refund: int = 0
+    ) -> tuple[int, float]:
+        """Hand back refund requests, take up to want for key; return how many were granted and the arrival time."""
         # Plain SELECT + INSERT OR REPLACE, not UPSERT/RETURNING: hosting Pythons may link an old SQLite.
         with self._lock:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute("SELECT tat FROM cells WHERE key = ?", (key,)).fetchone()
-                tat = row[0] if row else now
+                tat = max((row[0] if row else now) - refund * interval, now)
                 granted = fits(tat, now, interval, window, want)
-                if granted:
-                    tat = max(tat, now) + granted * interval
+                if granted or refund:
+                    tat += granted * interval
                     conn.execute("INSERT OR REPLACE INTO cells (key, tat) VALUES (?, ?)", (key, tat))
                 self._checks += 1
                 if self._checks % PRUNE_EVERY == 0:
@@ -139,15 +145,17 @@ class SQLiteCells:
             self._conn = None
 
 
-# Atomic in Redis: read the arrival time, move it on by what fits, expire the key once it is in the past.
+# Atomic in Redis: take back a refund, move the arrival time on by what fits, expire the key once it is past.
 _REDIS_GCRA = """
 local now, interval, window, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1]) - tonumber(ARGV[5]) * interval
 if tat < now then tat = now end
 local granted = math.min(want, math.floor((window - (tat - now)) / interval + 1e-6))
-if granted < 1 then return {0, tostring(tat)} end
+if granted < 0 then granted = 0 end
 tat = tat + granted * interval
-redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+if granted > 0 or tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+end
 return {granted, tostring(tat)}
 """
 
@@ -162,9 +170,11 @@ class RedisCells:
         self.prefix = prefix
         self._script = self.client.register_script(_REDIS_GCRA)
 
-    def advance(self, key: str, now: float, interval: float, window: float, want: int = 1) -> tuple[int, float]:
-        """Take up to want requests for key; return how many were granted and the arrival time after them."""
-        args = [repr(now), repr(interval), repr(window), str(want)]
+    def advance(
+        self, key: str, now: float, interval: float, window: float, want: int = 1, refund: int = 0
+    ) -> tuple[int, float]:
+        """Hand back refund requests, take up to want for key; return how many were granted and the arrival time."""
+        args = [repr(now), repr(interval), repr(window), str(want), str(refund)]
         granted, tat = self._script(keys=[self.prefix + key], args=args)
         return int(granted), float(tat)
 

@@ -51,19 +51,30 @@ def test_a_burst_passes_then_the_pace_holds(cells):
 
 
 def test_leases_are_spent_locally_and_never_pass_more_than_the_burst(cells):
-    one, other = Limiter(6000, 100, cells), Limiter(6000, 100, cells)  # two processes; leases of 10
+    one, other = Limiter(6000, 100, cells), Limiter(6000, 100, cells)  # two processes; leases of 5 (50 ms)
+    assert one.lease == 5
     t = 2_000_000.0
-    assert one.check("k", now=t).allowed  # takes 10 from the shared count, spends 1
-    assert sum(other.check("k", now=t).allowed for _ in range(95)) == 90
-    assert sum(one.check("k", now=t).allowed for _ in range(20)) == 9  # what was left of its lease
+    assert one.check("k", now=t).allowed  # takes 5 from the shared count, spends 1
+    assert sum(other.check("k", now=t).allowed for _ in range(99)) == 95
+    assert sum(one.check("k", now=t).allowed for _ in range(20)) == 4  # what was left of its lease
     assert not other.check("k", now=t).allowed
     assert other.check("k", now=t + 0.01).allowed  # 0.01 s is one request at 6,000 a minute
+
+
+def test_a_lapsed_lease_hands_back_what_it_did_not_spend(cells):
+    one, other = Limiter(6000, 1000, cells), Limiter(6000, 1000, cells)
+    t = 5_000_000.0
+    one.check("k", now=t)  # a lease of 5, 4 left unused
+    assert sum(other.check("k", now=t).allowed for _ in range(1000)) == 995
+    later = t + one.lease_seconds + 0.0001  # 100 requests' worth of time later; one's lease has lapsed
+    assert one.check("k", now=later).allowed  # hands back 4, takes 5 more
+    assert sum(other.check("k", now=later).allowed for _ in range(200)) == 100 + 4 - 5
 
 
 def test_threads_at_a_high_limit_never_see_a_false_429(tmp_path):
     # 16 threads for a while at a limit far above their pace: leases must not be taken (and wasted) in a herd.
     limiter = Limiter(1_000_000, 0, SQLiteCells(str(tmp_path / "rl.sqlite3")))
-    assert limiter.lease == 1666  # a tenth of a second at this rate, not a tenth of the 100,000 burst
+    assert limiter.lease == 833  # 50 ms at this rate, not a tenth of the 100,000 burst
     t0 = 4_000_000.0
     refused = []
 
@@ -82,13 +93,25 @@ def test_threads_at_a_high_limit_never_see_a_false_429(tmp_path):
     limiter.close()
 
 
+def test_many_processes_at_a_high_limit_never_see_a_false_429(cells):
+    # Passenger's pool of 32, each process at 15 requests/s against 1,000,000 a minute: leases lapse all the
+    # time, and what they leave unused must not pile up in the shared count.
+    processes = [Limiter(1_000_000, 0, cells) for _ in range(32)]
+    t0 = 6_000_000.0
+    refused = 0
+    for step in range(150):  # 10 simulated seconds
+        now = t0 + step / 15
+        refused += sum(not limiter.check("k", now=now).allowed for limiter in processes)  # all at once
+    assert refused == 0
+
+
 def test_an_unused_lease_lapses(cells):
     limiter = Limiter(6000, 100, cells)
     t = 3_000_000.0
     limiter.check("k", now=t)
-    assert limiter._leases["k"][0] == 9
+    assert limiter._leases["k"][0] == 4
     limiter.check("k", now=t + limiter.lease_seconds + 0.5)  # too late for the old lease: a new one
-    assert limiter._leases["k"][0] == 9
+    assert limiter._leases["k"][0] == 4
 
 
 def test_burst_defaults_to_a_tenth_of_a_minute(cells):
