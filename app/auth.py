@@ -35,6 +35,11 @@ def provided_key() -> str:
     return request.headers.get("X-API-Key", "").strip()
 
 
+def provided_admin_key() -> str:
+    """Return the key from `X-Admin-Key`, else from `Authorization: Bearer`/`X-API-Key`, or ''."""
+    return request.headers.get("X-Admin-Key", "").strip() or provided_key()
+
+
 def require_client_key() -> None:
     """Reject a /v1 request without a valid client key, unless the gateway runs open."""
     keys = current_app.config["GATEWAY_API_KEYS"]
@@ -52,7 +57,7 @@ def require_admin() -> None:
     admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
     if not admin_key or request.method == "OPTIONS":
         return
-    key = request.headers.get("X-Admin-Key", "").strip() or provided_key()
+    key = provided_admin_key()
     if not key:
         raise AuthenticationError("This endpoint needs the admin key: 'Authorization: Bearer <GATEWAY_ADMIN_KEY>'.")
     if not key_matches(key, (admin_key,)):

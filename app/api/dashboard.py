@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 
 from .. import analytics
 from ..analytics.charts import bucket_layout, latency_chart, requests_chart
-from ..auth import key_matches, provided_key
+from ..auth import key_matches, provided_admin_key
 from ..errors import InvalidRequestError
 from ..observe import recorder
 from ..pages import PAGE_HEADERS
@@ -55,7 +55,7 @@ def _signed_in() -> bool:
     admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
     if not admin_key:
         return True
-    given = request.headers.get("X-Admin-Key", "").strip() or provided_key()
+    given = provided_admin_key()
     if given:
         return key_matches(given, (admin_key,))
     return _cookie_ok(request.cookies.get(COOKIE, ""))
