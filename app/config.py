@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from urllib3.util import parse_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +33,11 @@ def _url(value: Any) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - raises for a port outside 0-65535
+        parse_url(url)  # raises for a host the HTTP client cannot use, such as an invalid international name
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL with a valid host and port") from None
     if parts.username or parts.password:
         # requests would turn them into Basic auth, replacing the upstream's Bearer key.
         raise ValueError("must not contain user:password; put the key in the matching *_API_KEY setting")
@@ -212,6 +218,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_THREADS", 16, _integer),
     Setting("GATEWAY_MAX_BODY_BYTES", 16 * 1024 * 1024, _integer),
     Setting("GATEWAY_MAX_UPSTREAM_BYTES", 32 * 1024 * 1024, _whole(64 * 1024)),
+    Setting("GATEWAY_UPSTREAM_CA_FILE", "", _optional_file),
     Setting("GATEWAY_MAX_MESSAGES", 2000, _integer),
     Setting("GATEWAY_SSE_KEEPALIVE_SECONDS", 3.0, _number),
     Setting("GATEWAY_HEALTH_CACHE_SECONDS", 5.0, _number),

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request
+from urllib3.util import parse_url
 
 from .errors import InvalidRequestError, NotFoundError
 from .store import Session, get_store
@@ -61,7 +62,10 @@ def check_base_url(value: Any) -> str | None:
     try:
         parts = urlsplit(value) if isinstance(value, str) and len(value) <= MAX_URL else None
         if parts is not None:
-            parts.port  # noqa: B018 - a port that is not 0-65535 raises here, not on the session's next chat
+            # Refused here rather than on the session's next chat: a port outside 0-65535 (urlsplit raises), or
+            # a host the HTTP client cannot use (urllib3 raises LocationParseError, a ValueError).
+            parts.port  # noqa: B018
+            parse_url(value)
     except ValueError:  # an unclosed IPv6 bracket, for one
         parts = None
     if (

@@ -14,6 +14,7 @@ from itertools import pairwise
 
 import pytest
 import sseclient
+import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -491,7 +492,11 @@ JUNK = {
 
 
 def usable_url(url: str) -> bool:
-    """Return whether url has nothing the HTTP client would refuse outright: whitespace or control characters."""
+    """Return whether the gateway's HTTP client can open a pool to url (a valid host, no whitespace or controls)."""
+    try:
+        urllib3.connection_from_url(url).close()
+    except ValueError:  # LocationParseError, for a host name that is not valid IDNA
+        return False
     return url.isprintable() and not any(c.isspace() for c in url)
 
 

@@ -68,6 +68,7 @@ HOSTILE = [
     ("bridge_base_url", "file:///etc/passwd"),
     ("bridge_base_url", "http://user:pw@127.0.0.1:5102"),
     ("bridge_base_url", "http://"),
+    ("bridge_base_url", "http://¡"),  # not a valid international domain name: every chat would fail
     ("bridge_base_url", 5),
     ("models", ["gpt-5"]),
     ("models", {"gpt-5": 5}),
