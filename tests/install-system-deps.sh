@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian packages the test suite runs for real (redis-server for the Redis session store, chromium for
 # the userscript tests in tests/browser, Apache with mod_passenger and a Python 3.11 venv for the cPanel-style
-# deployment tests in tests/deploy, shellcheck for the shell scripts).
+# deployment tests in tests/deploy, shellcheck for the shell scripts, openssl to make certificates for the https://
+# upstream tests).
 # Run by `make test`; installs only what is missing, and only where it can (root with apt-get).
 set -eu
 missing=""
@@ -12,6 +13,7 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 # Passenger 6.0.17's WSGI loader needs Python 3.11; Debian ships ensurepip (what `venv` needs) apart from Python.
 /usr/bin/python3.11 -c "import ensurepip" >/dev/null 2>&1 || missing="$missing python3.11-venv"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing:$missing"

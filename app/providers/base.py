@@ -59,6 +59,8 @@ class ProviderSettings:
     health_timeout: float = 2.0
     # The longest non-stream answer, or single stream event, read from the upstream.
     max_response_bytes: int = 32 * 1024 * 1024
+    # PEM certificates trusted for an https:// upstream instead of certifi's public CAs ("" = certifi).
+    ca_file: str = ""
 
 
 class Provider:

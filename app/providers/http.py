@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+import certifi
 import sseclient
+import urllib3
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
+from .. import version
 from ..errors import (
     GatewayError,
     InvalidRequestError,
@@ -26,6 +27,8 @@ from ..errors import (
 
 log = logging.getLogger(__name__)
 
+Response = urllib3.HTTPResponse
+USER_AGENT = f"lmarena-gateway/{version.__version__}"
 READ_SIZE = 65536
 # The longest upstream answer (non-stream) or single SSE event kept in memory, unless configured otherwise.
 MAX_UPSTREAM_BYTES = 32 * 1024 * 1024
@@ -54,8 +57,22 @@ def _connection_reason(exc: BaseException) -> str:
     return "connection failed"
 
 
+def _tls_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        # Hostname mismatches, expired and self-signed certificates all land here; OpenSSL's words say which.
+        detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl")[0].strip(" ')\".")
+        return f"its certificate is not trusted ({detail[:120]}); for a private CA set GATEWAY_UPSTREAM_CA_FILE"
+    return "no protocol or cipher in common, or the server is not speaking TLS"
+
+
 class UpstreamClient:
-    """A requests.Session per upstream, so connections are reused across requests."""
+    """A urllib3 connection pool per upstream, so connections are reused across requests.
+
+    urllib3 directly rather than through a requests.Session: requests merges settings, cookies, hooks and
+    environment on every call, which cost about 0.45 ms per request here (bench/README.md), more than the rest of a
+    relay's own work; none of it is used against an upstream that is configured explicitly.
+    """
 
     def __init__(
         self,
@@ -66,20 +83,19 @@ class UpstreamClient:
         read_timeout: float,
         max_bytes: int = MAX_UPSTREAM_BYTES,
         pool_size: int = 32,
+        ca_file: str = "",
     ) -> None:
         self.label = label
         self.base_url = base_url
         self.public_url = redact_url(base_url)
+        self.prefix = urlsplit(base_url).path.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_bytes = max_bytes
-        self.session = requests.Session()
-        # Proxy variables and ~/.netrc are looked up on every request when trust_env is on; the upstreams are
-        # configured explicitly, so skip that cost and that surprise.
-        self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        # block=False: a burst past pool_size opens extra connections rather than queueing behind the pool.
+        # certifi's public CAs (as requests trusts) rather than the system's: old cPanel hosts carry stale bundles.
+        tls = {"ca_certs": ca_file or certifi.where()} if base_url.startswith("https:") else {}
+        self.pool = urllib3.connection_from_url(base_url, maxsize=pool_size, block=False, retries=False, **tls)
 
     def request(
         self,
@@ -90,39 +106,62 @@ class UpstreamClient:
         headers: dict[str, str] | None = None,
         stream: bool = False,
         read_timeout: float | None = None,
-    ) -> requests.Response:
+    ) -> Response:
         """Send a request (stream: ask for SSE); raise UpstreamError/UpstreamTimeout when there is no HTTP answer.
 
         Only the head is read: pass the response to read_body, sse_data or read_error_body, or close it.
         """
-        timeout = (self.connect_timeout, read_timeout or self.read_timeout)
+        timeout = urllib3.Timeout(connect=self.connect_timeout, read=read_timeout or self.read_timeout)
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
-        send_headers = {"Content-Type": "application/json"} if data is not None else {}
+        send_headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        if data is not None:
+            send_headers["Content-Type"] = "application/json"
         if stream:
             send_headers["Accept"] = "text/event-stream"
             # A compressing upstream would hold chunks back to fill its deflate window.
             send_headers["Accept-Encoding"] = "identity"
+        else:
+            send_headers["Accept-Encoding"] = "gzip, deflate"
         send_headers.update(headers or {})
         try:
-            return self.session.request(
-                method, self.base_url + path, data=data, headers=send_headers, stream=True, timeout=timeout
+            return self.pool.urlopen(
+                method,
+                self.prefix + path,
+                body=data,
+                headers=send_headers,
+                timeout=timeout,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+                decode_content=True,
             )
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeout(
-                f"{self.label} at {self.public_url} did not accept a connection within {timeout[0]:g} s.",
-                code="upstream_connect_timeout",
-            ) from None
-        except requests.exceptions.ReadTimeout:
-            raise UpstreamTimeout(f"{self.label} did not answer within {timeout[1]:g} s.") from None
-        except requests.exceptions.ConnectionError as exc:
+        except urllib3.exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it is a subclass
             raise UpstreamError(
                 f"Cannot reach {self.label} at {self.public_url} ({_connection_reason(exc)}). Is it running?",
                 code="upstream_unreachable",
             ) from None
-        except requests.exceptions.RequestException as exc:
+        except urllib3.exceptions.ConnectTimeoutError:
+            raise UpstreamTimeout(
+                f"{self.label} at {self.public_url} did not accept a connection within {timeout.connect_timeout:g} s.",
+                code="upstream_connect_timeout",
+            ) from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise UpstreamTimeout(f"{self.label} did not answer within {timeout.read_timeout:g} s.") from None
+        except urllib3.exceptions.SSLError as exc:
+            raise UpstreamError(
+                f"{self.label} at {self.public_url} failed the TLS handshake: {_tls_reason(exc)}.",
+                code="upstream_tls_failed",
+                retryable=False,  # the same certificate will fail the same way
+            ) from None
+        except urllib3.exceptions.ProtocolError as exc:
+            raise UpstreamError(
+                f"Cannot reach {self.label} at {self.public_url} ({_connection_reason(exc)}). Is it running?",
+                code="upstream_unreachable",
+            ) from None
+        except (urllib3.exceptions.HTTPError, ValueError) as exc:  # ValueError: a header http.client refuses
             raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
 
-    def read_body(self, response: requests.Response, timer: StreamTimer) -> bytes:
+    def read_body(self, response: Response, timer: StreamTimer) -> bytes:
         """Return a whole (non-stream) body, read by timer's deadline and at most max_bytes long.
 
         A body read to its end frees the connection for reuse; one that fails is closed with its connection.
@@ -140,14 +179,14 @@ class UpstreamClient:
                     raise too_large(self.label, "an answer", self.max_bytes)
                 pieces.append(piece)
         except UpstreamTimeout:
-            response.close()
+            release(response)
             raise UpstreamTimeout(f"{self.label} did not finish its answer within {timer.first_byte:g} s.") from None
         except BaseException:
-            response.close()
+            release(response)
             raise
         return b"".join(pieces)
 
-    def sse_data(self, response: requests.Response, timer: StreamTimer, is_aborted) -> Iterator[str]:
+    def sse_data(self, response: Response, timer: StreamTimer, is_aborted) -> Iterator[str]:
         """Yield each event's data from a streamed response as soon as its bytes arrive."""
         pieces = _Pieces(response, self.label, timer, is_aborted, max_event=self.max_bytes)
         events = sseclient.SSEClient(pieces).events()
@@ -160,7 +199,7 @@ class UpstreamClient:
             ) from None
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.close()
 
 
 class StreamTimer:
@@ -197,28 +236,33 @@ def _never() -> bool:
 FINISH_SECONDS = 0.25  # how long to wait for the end of a body after [DONE]; upstreams send it at once
 
 
-def finish(response: requests.Response, limit: int = READ_SIZE) -> bool:
+def finish(response: Response, limit: int = READ_SIZE) -> bool:
     """Read the end of a body whose content is all in (after [DONE]) so its connection goes back to the pool.
 
     Return whether it did; a body that does not end quickly is left for close() to drop.
     """
-    raw = response.raw
-    connection = getattr(raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = getattr(response.connection, "sock", None)
     if sock is None:
         return False
     try:
         sock.settimeout(FINISH_SECONDS)
         left = limit
         while left > 0:
-            piece = raw.read1(left)
+            piece = response.read1(left)
             if not piece:
                 break
             left -= len(piece)
-    except Exception:  # noqa: BLE001 - whatever went wrong, close() drops the connection instead
+    except Exception:  # noqa: BLE001 - whatever went wrong, release() drops the connection instead
         return False
     # urllib3 hands the connection back to its pool once the body has ended.
-    return getattr(raw, "_connection", None) is None
+    return response.connection is None
+
+
+def release(response: Response) -> None:
+    """Close a response; a connection whose body was not read to its end is dropped, never reused half-read."""
+    response.close()
+    # Give the pool its slot back (holding a closed connection, replaced on next use).
+    response.release_conn()
 
 
 class _Pieces:
@@ -228,18 +272,17 @@ class _Pieces:
     """
 
     def __init__(
-        self, response: requests.Response, label: str, timer: StreamTimer, is_aborted, max_event: int | None = None
+        self, response: Response, label: str, timer: StreamTimer, is_aborted, max_event: int | None = None
     ) -> None:
         self.response, self.label, self.timer, self.is_aborted = response, label, timer, is_aborted
         self.max_event = max_event
         # Bytes since the last event end, and the last bytes of the previous piece (an end may straddle two).
         self.open_bytes, self.tail = 0, b""
-        connection = getattr(response.raw, "_connection", None)
         # urllib3 keeps the socket on the response's connection; its timeout bounds each read.
-        self.sock = getattr(connection, "sock", None)
+        self.sock = getattr(response.connection, "sock", None)
 
     def __iter__(self) -> Iterator[bytes]:
-        raw = self.response.raw
+        raw = self.response
         while True:
             try:
                 if self.sock is not None:
@@ -281,7 +324,7 @@ class _Pieces:
             raise too_large(self.label, "a stream event", self.max_event)
 
     def close(self) -> None:
-        self.response.close()
+        release(self.response)
 
 
 def too_large(label: str, what: str, limit: int) -> UpstreamError:
@@ -294,17 +337,14 @@ def too_large(label: str, what: str, limit: int) -> UpstreamError:
     )
 
 
-def read_error_body(response: requests.Response, limit: int = 65536) -> Any:
+def read_error_body(response: Response, limit: int = 65536) -> Any:
     """Return the parsed JSON (or short text) of an error response, reading at most limit bytes of a stream."""
     try:
-        if response.raw is not None and not response._content_consumed:
-            raw = response.raw.read(limit, decode_content=True)
-        else:
-            raw = response.content[:limit]
-    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError, ValueError):
+        raw = response.read(limit, decode_content=True)
+    except (urllib3.exceptions.HTTPError, OSError, ValueError):
         raw = b""
     finally:
-        response.close()
+        release(response)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python's parser

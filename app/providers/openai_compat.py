@@ -30,6 +30,7 @@ class OpenAICompatible(Provider):
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.first_byte_timeout,
             max_bytes=settings.max_response_bytes,
+            ca_file=settings.ca_file,
         )
 
     def headers(self) -> dict[str, str]:
@@ -47,8 +48,8 @@ class OpenAICompatible(Provider):
             headers=self.headers(),
             read_timeout=timer.read_timeout(),
         )
-        if response.status_code != 200:
-            raise self.http_error(response.status_code, read_error_body(response), response.headers)
+        if response.status != 200:
+            raise self.http_error(response.status, read_error_body(response), response.headers)
         body = self.client.read_body(response, timer)
         try:
             data = json.loads(body)
@@ -72,8 +73,8 @@ class OpenAICompatible(Provider):
             read_timeout=timer.read_timeout(),
         )
         # Refusals come as plain JSON with an error status, even when a stream was asked for.
-        if response.status_code != 200:
-            raise self.http_error(response.status_code, read_error_body(response), response.headers)
+        if response.status != 200:
+            raise self.http_error(response.status, read_error_body(response), response.headers)
         return self.stream_class(self.client, response, timer)
 
     def fetch_models(self) -> list[dict[str, Any]] | None:
@@ -84,16 +85,16 @@ class OpenAICompatible(Provider):
             response = self.client.request(
                 "GET", "/v1/models", headers=self.headers(), read_timeout=timer.read_timeout()
             )
-            if response.status_code == 200:
+            if response.status == 200:
                 body = json.loads(self.client.read_body(response, timer))
             else:
                 body = read_error_body(response)
         except (GatewayError, ValueError, RecursionError) as exc:
             log.info("model list from %s unavailable: %s", self.label, exc)
             return None
-        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
+        if response.status == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
             return [m for m in body["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        return self.models_when_refused(response.status_code)
+        return self.models_when_refused(response.status)
 
     def models_when_refused(self, status: int) -> list[dict[str, Any]] | None:
         """Return the model list an error status stands for (None: unknown)."""
@@ -112,10 +113,10 @@ class OpenAICompatible(Provider):
             self.client.read_body(response, timer)  # read to the end, so the connection is kept for reuse
         except GatewayError as exc:
             return {"ok": False, "error": exc.message, "latency_ms": _ms_since(started)}
-        ok = response.status_code in self.health_ok
-        result = {"ok": ok, "status_code": response.status_code, "latency_ms": _ms_since(started)}
+        ok = response.status in self.health_ok
+        result = {"ok": ok, "status_code": response.status, "latency_ms": _ms_since(started)}
         if not ok:
-            result["error"] = f"HTTP {response.status_code} from {self.health_path}"
+            result["error"] = f"HTTP {response.status} from {self.health_path}"
         return result
 
     def describe(self) -> dict[str, Any]:

@@ -214,6 +214,7 @@ def _settings(config, prefix: str, base_url: str | None = None) -> ProviderSetti
         models_cache_seconds=config["GATEWAY_MODELS_CACHE_SECONDS"],
         health_timeout=config["GATEWAY_HEALTH_TIMEOUT"],
         max_response_bytes=config["GATEWAY_MAX_UPSTREAM_BYTES"],
+        ca_file=config["GATEWAY_UPSTREAM_CA_FILE"],
     )
 
 

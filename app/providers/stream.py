@@ -6,11 +6,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import requests
-
 from ..errors import GatewayError, UpstreamError
 from .base import ChatStream, Chunk
-from .http import StreamTimer, UpstreamClient, finish, upstream_message
+from .http import Response, StreamTimer, UpstreamClient, finish, release, upstream_message
 
 
 def carries_content(obj: dict[str, Any]) -> bool:
@@ -31,7 +29,7 @@ def carries_content(obj: dict[str, Any]) -> bool:
 class SSEChatStream(ChatStream):
     """`data: {chat.completion.chunk}` frames until `data: [DONE]`; subclasses add their upstream's error habits."""
 
-    def __init__(self, client: UpstreamClient, response: requests.Response, timer: StreamTimer) -> None:
+    def __init__(self, client: UpstreamClient, response: Response, timer: StreamTimer) -> None:
         self.client, self.response, self.timer = client, response, timer
         self._aborted = False
         self._done = False  # [DONE] came: the connection may be reused, so abort() must leave it alone
@@ -69,7 +67,7 @@ class SSEChatStream(ChatStream):
             return  # nothing is blocked on it, and its socket may already serve another request from the pool
         self._aborted = True
         try:
-            self.response.raw.shutdown()
+            self.response.shutdown()
         except (AttributeError, ValueError, RuntimeError, OSError):
             pass  # already closed or released: nothing is blocked on it
 
@@ -77,4 +75,4 @@ class SSEChatStream(ChatStream):
         # Without reading the body's end, close() would drop the connection and the next stream open a new one.
         if self._done:
             finish(self.response)
-        self.response.close()
+        release(self.response)

@@ -6,6 +6,8 @@ import json
 import select
 import socket
 import socketserver
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -261,6 +263,14 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
         super().__init__(("127.0.0.1", 0), upstream.handler_class)
+        if upstream.tls is not None:
+            # The handshake then happens on the handler's first read, on its own thread, not in accept().
+            self.socket = upstream.tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Print a handler's crash, except a TLS handshake the client refused (a test about that expects it)."""
+        if not isinstance(sys.exc_info()[1], ssl.SSLError):
+            super().handle_error(request, client_address)
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the host name."""
@@ -288,6 +298,7 @@ class FakeUpstream:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
+        self.tls: ssl.SSLContext | None = None  # set before start() to serve https
 
     def handle(self, handler: UpstreamHandler) -> None:
         """Answer one request; the default is FastAPI's 404."""
@@ -354,8 +365,8 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        """Return the base URL, e.g. http://127.0.0.1:54321."""
-        return f"http://127.0.0.1:{self._port}"
+        """Return the base URL, e.g. http://127.0.0.1:54321 (https:// when serving TLS)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
 
     @property
     def stopping(self) -> bool:
