@@ -50,6 +50,10 @@ WAITS = frozenset(
         "_worker",
         "Queue.get",
         "sleep",
+        # Leaves whose only C call blocks: time.sleep(0), the pump's GIL hand-off, and an idle worker's
+        # SimpleQueue.get (py-spy shows no frame for a C function, so the caller is the leaf).
+        "StreamPump._put",
+        "Workers._work",
     }
 )
 

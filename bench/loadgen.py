@@ -57,9 +57,18 @@ def build_request(args: argparse.Namespace) -> bytes:
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
 
 
+class ClosedUnanswered(Exception):
+    """The server closed the connection before sending one byte of its answer."""
+
+
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, list[tuple[int, int]], bool]:
     """Read one response; return status, body, [(arrival ns, body length so far)] per piece, and keep-alive."""
-    head = await reader.readuntil(b"\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise ClosedUnanswered from None
+        raise
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     fields = {}
@@ -98,16 +107,26 @@ def arrival(marks: list[tuple[int, int]], offset: int) -> int:
 async def connection(args, request: bytes, measure_from: int, stop_at: int, result: Result) -> None:
     """Send requests on one keep-alive connection (reconnecting when the server closes it) until stop_at."""
     writer = None
+    answered = 0  # answers on the current connection
     try:
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
             if time.monotonic_ns() >= stop_at:
                 return
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+                answered = 0
             started = time.monotonic_ns()
             writer.write(request)
             try:
                 status, body, marks, keep = await asyncio.wait_for(read_answer(reader), REQUEST_TIMEOUT)
+                answered += 1
+            except ClosedUnanswered:
+                # On a reused connection this is the keep-alive race (the server closed it as the request left),
+                # which HTTP clients retry; on a fresh one the server refused to answer at all.
+                result.error("closed a kept-alive connection unanswered" if answered else "closed unanswered")
+                writer.close()
+                writer = None
+                continue
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
                 result.error(type(exc).__name__)
                 writer.close()

@@ -114,6 +114,17 @@ def markdown(result: dict) -> str:
             if (m := t.get("memory")) and m.get("processes")
         ],
     )
+    kinds: dict[tuple[str, str, int], dict[str, int]] = {}
+    for cell in result["cells"]:
+        for kind, count in (cell.get("errors") or {}).items():
+            place = kinds.setdefault((cell["target"], cell["mode"], cell["concurrency"]), {})
+            place[kind] = place.get(kind, 0) + count
+    if kinds:
+        out += ["", "**Errors by kind** (all rounds, warm-up included):", ""]
+        out += [
+            f"- `{target}` {mode} c={c}: " + ", ".join(f"{kind} × {n}" for kind, n in sorted(found.items()))
+            for (target, mode, c), found in sorted(kinds.items())
+        ]
     failed = [c for c in result["cells"] if "error" in c]
     if failed:
         out += ["", f"**{len(failed)} cell(s) failed** (not in the tables above):", ""]
