@@ -55,11 +55,10 @@ class StreamPump:
         opened = None
         try:
             opened = self._dispatcher.open_stream(chat, self._attach)
-            if self._stop.is_set() or not self._put((OPENED, opened.provider.name)):
+            # The chunks held back while waiting for content travel with the verdict: one hand-off, not several,
+            # before the first content can be written.
+            if self._stop.is_set() or not self._put((OPENED, (opened.provider.name, opened.held))):
                 return
-            for chunk in opened.held:
-                if not self._put((CHUNK, chunk)):
-                    return
             for chunk in opened.rest:
                 if not self._put((CHUNK, chunk)):
                     return
@@ -137,8 +136,11 @@ class ChunkRelay:
                 observer.content()
             out.extend(self.frames(value))
         elif kind == OPENED:
+            provider, held = value
             if self.observer is not None:
-                self.observer.opened(value)
+                self.observer.opened(provider)
+            for chunk in held:
+                self.take((CHUNK, chunk), out)
         elif kind == ERROR:
             error: GatewayError = value
             self.error_code = error.code

@@ -89,6 +89,6 @@ def _stream(dispatcher: Dispatcher, chat: ChatRequest) -> Response:
             g.provider = dispatcher.attempts[-1][0]
         raise first[1]
     if first is not None and first[0] == OPENED:
-        g.provider = first[1]
+        g.provider = first[1][0]
     observer = StreamObserver(recorder(), base_event(), g.started)
     return Response(relay(pump, first, chat, keepalive, observer), headers=sse.HEADERS)
