@@ -125,7 +125,7 @@ def held_connections(port: int) -> int:
 
 
 def pumps() -> int:
-    """Return how many gateway stream pumps (one thread per relayed stream) are running."""
+    """Return how many gateway stream pumps are relaying a stream now (an idle, reusable one is *-idle)."""
     return sum(1 for thread in threading.enumerate() if thread.name == "stream-pump")
 
 

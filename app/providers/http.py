@@ -12,7 +12,6 @@ from urllib.parse import urlsplit, urlunsplit
 import certifi
 import sseclient
 import urllib3
-import urllib3.exceptions
 
 from .. import version
 from ..errors import (
@@ -239,7 +238,7 @@ FINISH_SECONDS = 0.25  # how long to wait for the end of a body after [DONE]; up
 def finish(response: Response, limit: int = READ_SIZE) -> bool:
     """Read the end of a body whose content is all in (after [DONE]) so its connection goes back to the pool.
 
-    Return whether it did; a body that does not end quickly is left for close() to drop.
+    Return whether it did; a body that does not end quickly is left for release() to drop.
     """
     sock = getattr(response.connection, "sock", None)
     if sock is None:
@@ -282,12 +281,12 @@ class _Pieces:
         self.sock = getattr(response.connection, "sock", None)
 
     def __iter__(self) -> Iterator[bytes]:
-        raw = self.response
+        response = self.response
         while True:
             try:
                 if self.sock is not None:
                     self.sock.settimeout(self.timer.read_timeout())
-                piece = raw.read1(READ_SIZE, decode_content=True)
+                piece = response.read1(READ_SIZE, decode_content=True)
             except urllib3.exceptions.ReadTimeoutError:
                 if self.is_aborted():
                     return
