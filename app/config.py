@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from dotenv import dotenv_values
 from urllib3.util import parse_url
@@ -25,6 +25,14 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def split_url(url: str) -> SplitResult:
+    """Return urlsplit(url); raise ValueError for a port outside 0-65535 or a host the HTTP client cannot use."""
+    parts = urlsplit(url)
+    parts.port  # noqa: B018 - raises for a bad port
+    parse_url(url)  # urllib3's LocationParseError (a ValueError), e.g. for a host that is not valid IDNA
+    return parts
+
+
 def _url(value: Any) -> str:
     url = _text(value).rstrip("/")
     # The upstreams' own docs give base URLs with and without /v1; the gateway appends it itself.
@@ -34,12 +42,11 @@ def _url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")
     try:
-        parts.port  # noqa: B018 - raises for a port outside 0-65535
-        parse_url(url)  # raises for a host the HTTP client cannot use, such as an invalid international name
+        split_url(url)
     except ValueError:
         raise ValueError("must be an http:// or https:// URL with a valid host and port") from None
     if parts.username or parts.password:
-        # requests would turn them into Basic auth, replacing the upstream's Bearer key.
+        # The HTTP client would drop them without a word; a key belongs in the *_API_KEY setting.
         raise ValueError("must not contain user:password; put the key in the matching *_API_KEY setting")
     return url
 

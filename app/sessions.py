@@ -6,11 +6,10 @@ import re
 import uuid
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import current_app, g, request
-from urllib3.util import parse_url
 
+from .config import split_url
 from .errors import InvalidRequestError, NotFoundError
 from .store import Session, get_store
 from .store.base import utcnow
@@ -60,12 +59,8 @@ def check_base_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
     try:
-        parts = urlsplit(value) if isinstance(value, str) and len(value) <= MAX_URL else None
-        if parts is not None:
-            # Refused here rather than on the session's next chat: a port outside 0-65535 (urlsplit raises), or
-            # a host the HTTP client cannot use (urllib3 raises LocationParseError, a ValueError).
-            parts.port  # noqa: B018
-            parse_url(value)
+        # A bad port or host is refused here rather than on the session's next chat.
+        parts = split_url(value) if isinstance(value, str) and len(value) <= MAX_URL else None
     except ValueError:  # an unclosed IPv6 bracket, for one
         parts = None
     if (
