@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import observe, pages, ratelimit, regtokens, requestlog, store
+from . import observe, ratelimit, registration_tokens, requestlog, security_headers, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -37,7 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_errorhandlers(app)
     register_commands(app)
     requestlog.init_app(app)
-    pages.init_app(app)
+    security_headers.init_app(app)
     warn_if_open(app)
     return app
 
@@ -67,7 +67,7 @@ def register_services(app: Flask) -> None:
     """Set up the session store, analytics, rate limit, providers and CORS."""
     app.extensions["started"] = time.monotonic()
     store.init_app(app)
-    regtokens.init_app(app)
+    registration_tokens.init_app(app)
     observe.init_app(app)
     ratelimit.init_app(app)
     router.init_app(app)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from flask import current_app, request
 
-from . import regtokens
+from . import registration_tokens
 from .errors import AuthenticationError, PermissionDenied
 
 
@@ -70,10 +70,10 @@ def require_admin_or_token(domain: str, name: str) -> bool:
     if not token or not current_app.config["GATEWAY_ADMIN_KEY"]:
         require_admin()
         return False
-    if regtokens.scope(current_app.extensions["regtoken_secret"], token) is None:
+    if registration_tokens.scope(current_app.extensions["regtoken_secret"], token) is None:
         raise AuthenticationError(
             "Invalid or revoked registration token: generate the userscript again.", code="invalid_registration_token"
         )
-    if not regtokens.allows(token, domain, name):
+    if not registration_tokens.allows(token, domain, name):
         raise PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
     return True

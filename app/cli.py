@@ -8,7 +8,7 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
-from .maintenance import cleanup
+from .cleanup import cleanup
 
 
 @click.command("cleanup-sessions")

@@ -17,7 +17,7 @@ from .providers.base import ChatRequest, ChatStream, Chunk
 from .providers.dispatch import Dispatcher
 from .providers.http import ensure_gateway_error
 from .providers.stream import carries_content
-from .tokens import estimate_tokens, prompt_tokens
+from .usage import estimate_tokens, prompt_tokens
 from .workers import Workers
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ AREAS = {
     "validation (app/validation.py)": ("app/validation.py",),
     "routing and model list (router, cache, bridge models)": ("app/providers/router.py", "app/providers/cache.py"),
     "circuit breaker (app/providers/breaker.py)": ("app/providers/breaker.py",),
-    "request log and headers (app/requestlog.py, app/pages.py)": ("app/requestlog.py", "app/pages.py"),
-    "session lookup (app/sessions.py)": ("app/sessions.py",),
+    "request log, headers (app/requestlog.py, security_headers.py)": ("app/requestlog.py", "app/security_headers.py"),
+    "session lookup (app/session_rules.py)": ("app/session_rules.py",),
     "JSON encode/decode": ("json/",),
 }
 

@@ -67,8 +67,8 @@ def check_goals(summary: dict, store: list[dict], gateways: list[str]) -> list[d
         return summary.get((target, mode, c), {}).get(field)
 
     litellm_c8 = get("litellm", "json", 8, "rps")
-    json_store = next((s for s in store if s.get("backend") == "json" and "lookups" in s), None)
-    lookup_p99 = json_store["lookups"]["latency_us"]["p99"] / 1000 if json_store else None
+    file_store = next((s for s in store if s.get("backend") == "json" and "lookups" in s), None)
+    lookup_p99 = file_store["lookups"]["latency_us"]["p99"] / 1000 if file_store else None
     goals = [
         (
             "added latency p50, JSON, c=1 (ms)",

@@ -1,6 +1,6 @@
 """Session store throughput at 10,000 sessions: lookups/s and registrations/s with 1 and 8 writer processes.
 
-The JSON store (app/store/json_store.py: one file, file lock, fsync + os.replace per change) always; the Redis store
+The JSON store (app/store/file_store.py: one file, file lock, fsync + os.replace per change) always; the Redis store
 too when redis-server is installed (a private one on a free loopback port, no persistence).
 """
 
@@ -74,7 +74,7 @@ def percentiles_us(values: list[int]) -> dict[str, float] | None:
 def open_store(kind: str, where: str):
     """Open a JSON store at a path, or a Redis store at a URL."""
     if kind == "json":
-        from app.store.json_store import JsonSessionStore
+        from app.store.file_store import JsonSessionStore
 
         return JsonSessionStore(where)
     from app.store.redis_store import RedisSessionStore

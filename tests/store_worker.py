@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.store.base import Session, StoreError, utcnow  # noqa: E402
-from app.store.json_store import JsonSessionStore  # noqa: E402
+from app.store.file_store import JsonSessionStore  # noqa: E402
 
 NO_LIMIT = 10**9
 

@@ -14,7 +14,7 @@ import pytest
 
 from app.errors import UpstreamError
 from app.providers.breaker import Breaker
-from app.store.shared_state import FileState, RedisState
+from app.store.breaker_state import FileState, RedisState
 from tests.redis_server import RedisServer
 from tests.upstreams.script import Status
 
@@ -111,7 +111,7 @@ def test_circuit_state_is_shared_by_processes(make_app, settings, tmp_path):
         for _ in range(3):
             breaker.failure("yupp2api", error)
     code = (
-        "import json, sys; from app.providers.breaker import Breaker; from app.store.shared_state import FileState;"
+        "import json, sys; from app.providers.breaker import Breaker; from app.store.breaker_state import FileState;"
         "b = Breaker(FileState(sys.argv[1]), failures=3, cooldown=1);"
         "print(json.dumps({'allow': b.allow('yupp2api'), 'state': b.snapshot('yupp2api')['state']}))"
     )

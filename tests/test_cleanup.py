@@ -14,7 +14,7 @@ import pytest
 
 from app.store import get_store
 from app.store.base import Session, utcnow
-from app.store.json_store import JsonSessionStore
+from app.store.file_store import JsonSessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "cron-secret"

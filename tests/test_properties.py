@@ -18,14 +18,14 @@ import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import regtokens, sse
+from app import registration_tokens, sse
 from app.config import SETTINGS
 from app.errors import GatewayError, InvalidRequestError
 from app.providers.base import ChatRequest, ProviderSettings
 from app.providers.http import StreamTimer
 from app.providers.lmarena_bridge import LMArenaBridge
 from app.providers.yupp2api import Yupp2Api
-from app.sessions import NAME, check_base_url, check_domain, check_models, check_name, check_uuid
+from app.session_rules import NAME, check_base_url, check_domain, check_models, check_name, check_uuid
 from app.store import get_store
 from app.validation import ROLES, parse_chat_request, parse_image_request
 from tests.upstreams.fake_bridge import CLOUDFLARE, NETWORK_ERROR, NO_BROWSER, RATE_LIMITED, TOO_LARGE
@@ -594,19 +594,19 @@ domain_sets = st.frozensets(st.sampled_from(DOMAINS), min_size=1)
     data=st.data(),
 )
 def test_regtoken_scope_reads_back_only_genuine_tokens(secret, other, name, domains, data):
-    token = regtokens.mint(secret, name, domains)
-    assert regtokens.scope(secret, token) == (name, domains)
+    token = registration_tokens.mint(secret, name, domains)
+    assert registration_tokens.scope(secret, token) == (name, domains)
     if other != secret:
-        assert regtokens.scope(secret, regtokens.mint(other, name, domains)) is None
+        assert registration_tokens.scope(secret, registration_tokens.mint(other, name, domains)) is None
     at = data.draw(st.integers(0, len(token) - 1))
     changed = data.draw(st.characters().filter(lambda c: c != token[at]))
-    assert regtokens.scope(secret, token[:at] + changed + token[at + 1 :]) is None
+    assert registration_tokens.scope(secret, token[:at] + changed + token[at + 1 :]) is None
 
 
 @settings(REPRODUCIBLE, max_examples=300)
 @given(secret=secret_keys, token=st.text() | st.builds("v1.{}.{}".format, st.text(max_size=20), st.text(max_size=50)))
 def test_regtoken_scope_of_any_string_is_none(secret, token):
-    assert regtokens.scope(secret, token) is None
+    assert registration_tokens.scope(secret, token) is None
 
 
 def test_register_with_any_token_is_refused_cleanly(client):

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from app.store.base import Session, SessionLimitReached, StoreError, isoformat, parse_time, utcnow
-from app.store.json_store import JsonSessionStore
+from app.store.file_store import JsonSessionStore
 from app.store.redis_store import RedisSessionStore
 
 HOUR = timedelta(hours=1)

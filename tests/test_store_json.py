@@ -20,8 +20,8 @@ from filelock import FileLock
 from app import create_app
 from app.config import ConfigError
 from app.store.base import Session, StoreError, utcnow
-from app.store.json_store import JsonSessionStore, StoreCorrupt
-from app.store.jsonfile import LockedJsonFile
+from app.store.file_store import JsonSessionStore, StoreCorrupt
+from app.store.locked_file import LockedJsonFile
 
 WORKER = str(Path(__file__).with_name("store_worker.py"))
 

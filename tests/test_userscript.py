@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from app import regtokens
+from app import registration_tokens
 
 SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
 
@@ -187,7 +187,7 @@ def test_token_registers_and_heartbeats_its_own_session_only(client, admin):
 def test_tampered_or_rotated_tokens_are_refused(make_app, client, admin):
     token = token_of(raw_script(client, admin))
     prefix, payload, signature = token.split(".")
-    forged_payload = regtokens._b64(json.dumps({"n": "team-b", "d": ["lmarena.ai"]}).encode())
+    forged_payload = registration_tokens._b64(json.dumps({"n": "team-b", "d": ["lmarena.ai"]}).encode())
     assert register(client, f"{prefix}.{forged_payload}.{signature}", session_name="team-b").status_code == 401
     assert register(client, token[:-2] + "xx").status_code == 401
     rotated = make_app(GATEWAY_USERSCRIPT_SECRET="a brand new secret").test_client()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, analytics, dashboard, health, openapi, providers, sessions, userscript, v1
+from . import admin, analytics, dashboard, health, openapi, provider_status, sessions, userscript, v1
 
 
 def register_blueprints(app: Flask) -> None:
@@ -13,7 +13,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(sessions.bp)
     app.register_blueprint(admin.bp)
-    app.register_blueprint(providers.bp)
+    app.register_blueprint(provider_status.bp)
     app.register_blueprint(userscript.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(dashboard.bp)

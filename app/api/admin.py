@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, request
 
 from ..auth import key_matches
+from ..cleanup import cleanup
 from ..errors import AuthenticationError, GatewayError, InvalidRequestError
-from ..maintenance import cleanup
 
 bp = Blueprint("admin", __name__)
 

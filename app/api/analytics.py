@@ -12,7 +12,7 @@ from ..analytics.prometheus import CONTENT_TYPE, render
 from ..auth import key_matches, provided_key, require_admin, require_admin_or_token
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
 from ..observe import recorder
-from ..sessions import check_domain, check_name
+from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
 
 bp = Blueprint("analytics", __name__)

@@ -12,10 +12,10 @@ from ..observe import StreamObserver, base_event, recorder
 from ..providers.base import ChatRequest
 from ..providers.dispatch import Dispatcher
 from ..providers.router import get_router
-from ..sessions import session_from_headers
+from ..session_rules import session_from_headers
 from ..store import Session
 from ..streaming import ERROR, OPENED, StreamPump, relay
-from ..tokens import prompt_tokens
+from ..usage import prompt_tokens
 from ..validation import parse_chat_request, read_json_body
 
 bp = Blueprint("chat", __name__)

@@ -16,9 +16,9 @@ from ..analytics.charts import bucket_layout, latency_chart, requests_chart
 from ..auth import key_matches, provided_admin_key
 from ..errors import InvalidRequestError
 from ..observe import recorder
-from ..pages import PAGE_HEADERS
 from ..providers.router import get_router
-from ..sessions import active_since
+from ..security_headers import PAGE_HEADERS
+from ..session_rules import active_since
 from ..store import get_store
 from ..store.base import StoreError
 from ..version import __version__

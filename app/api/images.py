@@ -13,7 +13,7 @@ from ..errors import InvalidRequestError, UpstreamError
 from ..providers.base import ChatRequest
 from ..providers.lmarena_bridge import LMArenaBridge
 from ..providers.router import get_router
-from ..sessions import session_from_headers
+from ..session_rules import session_from_headers
 from ..validation import ImageRequest, parse_image_request, read_json_body
 
 bp = Blueprint("images", __name__)

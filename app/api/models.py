@@ -6,7 +6,7 @@ from flask import Blueprint, request
 
 from ..errors import NotFoundError
 from ..providers.router import get_router
-from ..sessions import session_from_headers
+from ..session_rules import session_from_headers
 from ..store.base import parse_time
 
 bp = Blueprint("models", __name__)

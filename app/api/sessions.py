@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, request
 
 from ..auth import require_admin, require_admin_or_token
 from ..errors import NotFoundError, PermissionDenied
-from ..sessions import active_since, check_domain, check_name, parse_registration, to_api
+from ..session_rules import active_since, check_domain, check_name, parse_registration, to_api
 from ..store import get_store
 from ..store.base import KEEPABLE, utcnow
 from ..validation import read_json_body

@@ -8,11 +8,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
-from .. import regtokens
+from .. import registration_tokens
 from ..auth import key_matches, provided_key, require_admin
 from ..errors import AuthenticationError, InvalidRequestError
-from ..pages import PAGE_HEADERS
-from ..sessions import check_domain, check_name
+from ..security_headers import PAGE_HEADERS
+from ..session_rules import check_domain, check_name
 from ..version import __version__
 
 bp = Blueprint("userscript", __name__, url_prefix="/userscript")
@@ -158,7 +158,7 @@ def _generate(advanced: bool):
             else "That admin key is not right."
         )
         return render_template("userscript/install.html", **page, error=error), 401, PAGE_HEADERS
-    token = regtokens.mint(current_app.extensions["regtoken_secret"], options.session_name, options.domains)
+    token = registration_tokens.mint(current_app.extensions["regtoken_secret"], options.session_name, options.domains)
     script = render_script(options, token)
     if _wants_script():
         return _script_response(script, options.session_name)
@@ -188,7 +188,7 @@ def script(session_name: str):
     options = parse_options(request.args, session_name)
     token = request.args.get("token", "")
     secret = current_app.extensions["regtoken_secret"]
-    covered = regtokens.scope(secret, token) if token else None
+    covered = registration_tokens.scope(secret, token) if token else None
     if covered is None or covered[0] != options.session_name or not set(options.domains) <= covered[1]:
         if current_app.config["GATEWAY_ADMIN_KEY"]:
             if request.headers.get("Authorization") or request.headers.get("X-Admin-Key"):
@@ -199,5 +199,5 @@ def script(session_name: str):
                     "again from /userscript/generate.",
                     code="invalid_registration_token",
                 )
-        token = regtokens.mint(secret, options.session_name, options.domains)
+        token = registration_tokens.mint(secret, options.session_name, options.domains)
     return _script_response(render_script(options, token), options.session_name)

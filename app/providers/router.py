@@ -13,7 +13,7 @@ from flask import Flask, current_app
 
 from ..config import PROVIDER_NAMES, ConfigError
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
-from ..store.jsonfile import StoreCorrupt
+from ..store.locked_file import StoreCorrupt
 from .base import Provider, ProviderSettings
 from .breaker import Breaker
 from .bridge_files import BridgeFiles
@@ -221,10 +221,10 @@ def _settings(config, prefix: str, base_url: str | None = None) -> ProviderSetti
 def _shared_state(config):
     """Return where circuit state lives: Redis with the Redis session store, else a file beside the sessions."""
     if config["SESSION_STORE"] == "redis":
-        from ..store.shared_state import RedisState
+        from ..store.breaker_state import RedisState
 
         return RedisState(config["REDIS_URL"], timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
-    from ..store.shared_state import FileState
+    from ..store.breaker_state import FileState
 
     path = os.path.join(os.path.dirname(config["STORAGE_PATH"]), "providers.json")
     try:

@@ -19,7 +19,7 @@ def init_app(app: Flask) -> None:
 
             store: SessionStore = RedisSessionStore(config["REDIS_URL"], timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
         else:
-            from .json_store import JsonSessionStore
+            from .file_store import JsonSessionStore
 
             store = JsonSessionStore(config["STORAGE_PATH"], lock_timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
     except StoreError as exc:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from .base import KEEPABLE, Session, SessionStore, isoformat, limit_error, seen_since
-from .jsonfile import LockedJsonFile, StoreCorrupt, Table
+from .locked_file import LockedJsonFile, StoreCorrupt, Table
 
 __all__ = ["JsonSessionStore", "StoreCorrupt"]
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import StoreError
-from .jsonfile import LockedJsonFile
+from .locked_file import LockedJsonFile
 
 Record = dict[str, Any]
 Change = Callable[[Record], Record | None]
