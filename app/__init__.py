@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import observe, ratelimit, registration_tokens, requestlog, security_headers, store
+from . import ratelimit, registration_tokens, request_record, security_headers, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -36,7 +36,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    requestlog.init_app(app)
     security_headers.init_app(app)
     warn_if_open(app)
     return app
@@ -68,7 +67,7 @@ def register_services(app: Flask) -> None:
     app.extensions["started"] = time.monotonic()
     store.init_app(app)
     registration_tokens.init_app(app)
-    observe.init_app(app)
+    request_record.init_app(app)
     ratelimit.init_app(app)
     router.init_app(app)
     origins = app.config["CORS_ORIGINS"]

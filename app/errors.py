@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, has_request_context
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,6 @@ _HTTP_CODES = {
 
 def error_response(error: GatewayError):
     """Return a Flask response tuple for a GatewayError."""
-    if has_request_context():
-        g.error_code = error.code  # for the request's analytics event
     headers = dict(error.headers)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
@@ -163,7 +161,10 @@ def register_errorhandlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        request_id = g.get("request_id", "-")
+        # Imported here: request_record needs analytics, whose modules need these error classes.
+        from .request_record import current
+
+        request_id = current().request_id
         log.exception("unhandled error in request %s", request_id)
         return error_response(
             GatewayError(f"The gateway hit an internal error (request id {request_id}); see the gateway log.")

@@ -7,8 +7,9 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, request
 
+from . import request_record
 from .config import split_url
 from .errors import InvalidRequestError, NotFoundError
 from .store import Session, get_store
@@ -131,5 +132,21 @@ def session_from_headers() -> Session | None:
             param="X-Session-Name",
             code="session_not_found",
         )
-    g.session = f"{domain}/{name}"
+    record = request_record.current()
+    record.domain, record.session_name = domain, name
     return session
+
+
+def apply_session(session: Session, model: str) -> dict[str, str]:
+    """Return the LMArena ids to forward for a session; raise when its models map does not serve the model."""
+    extra = {"session_id": session.session_id, "message_id": session.message_id}
+    if session.models:
+        if model not in session.models:
+            raise NotFoundError(
+                f"The model '{model}' is not in session '{session.session_name}' on {session.domain}; "
+                f"it serves: {', '.join(sorted(session.models))}.",
+                param="model",
+                code="model_not_found",
+            )
+        extra["target_model_id"] = session.models[model]
+    return extra

@@ -20,15 +20,15 @@ AREAS = {
     "Flask/Werkzeug request handling": ("flask/", "werkzeug/"),
     "WSGI server": ("waitress/", "gunicorn/"),
     "upstream HTTP (requests/urllib3/http.client)": ("requests/", "urllib3/", "http/client.py"),
-    "SSE parsing (sseclient)": ("sseclient",),
-    "stream pump and relay (app/streaming.py)": ("app/streaming.py",),
+    "SSE parsing and stream reads (app/sse.py, providers/sse_stream.py)": ("app/sse.py", "app/providers/sse_stream"),
+    "stream relay (app/relay.py)": ("app/relay.py",),
     "rate limit (app/ratelimit.py, SQLite)": ("app/ratelimit.py",),
-    "analytics (app/observe.py, app/analytics/)": ("app/observe.py", "app/analytics/"),
+    "request record and analytics (app/request_record.py, app/analytics/)": ("app/request_record.py", "app/analytics/"),
     "auth (app/auth.py)": ("app/auth.py",),
     "validation (app/validation.py)": ("app/validation.py",),
     "routing and model list (router, cache, bridge models)": ("app/providers/router.py", "app/providers/cache.py"),
     "circuit breaker (app/providers/breaker.py)": ("app/providers/breaker.py",),
-    "request log, headers (app/requestlog.py, security_headers.py)": ("app/requestlog.py", "app/security_headers.py"),
+    "security headers (app/security_headers.py)": ("app/security_headers.py",),
     "session lookup (app/session_rules.py)": ("app/session_rules.py",),
     "JSON encode/decode": ("json/",),
 }
@@ -50,10 +50,9 @@ WAITS = frozenset(
         "_worker",
         "Queue.get",
         "sleep",
-        # Leaves whose only C call blocks: time.sleep(0), the pump's GIL hand-off, and an idle worker's
-        # SimpleQueue.get (py-spy shows no frame for a C function, so the caller is the leaf).
-        "StreamPump._put",
-        "Workers._work",
+        # Leaves whose only C call blocks: the relay's wait for upstream bytes (poll on the socket; py-spy shows no
+        # frame for a C function, so the caller is the leaf).
+        "Exchange.ready",
     }
 )
 

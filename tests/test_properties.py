@@ -22,8 +22,8 @@ from app import registration_tokens, sse
 from app.config import SETTINGS
 from app.errors import GatewayError, InvalidRequestError
 from app.providers.base import ChatRequest, ProviderSettings
-from app.providers.http import StreamTimer
 from app.providers.lmarena_bridge import LMArenaBridge
+from app.providers.transport import StreamTimer
 from app.providers.yupp2api import Yupp2Api
 from app.session_rules import NAME, check_base_url, check_domain, check_models, check_name, check_uuid
 from app.store import get_store
@@ -71,8 +71,24 @@ def cut_up(draw, data: bytes) -> list[bytes]:
 
 
 def read_events(chunks: Iterable[bytes]) -> list[str]:
-    """Return each event's data as sseclient-py, the SSE reader the gateway itself uses, reads these pieces."""
+    """Return each event's data as sseclient-py, a reference SSE reader (clients use ones like it), reads them."""
     return [event.data for event in sseclient.SSEClient(iter(chunks)).events()]
+
+
+def gateway_reads(chunks: Iterable[bytes]) -> list[str]:
+    """Return each event's data as the gateway's own reader (app.sse.EventReader) takes them off an upstream."""
+    reader = sse.EventReader()
+    return [data for piece in chunks for data in reader.feed(piece)]
+
+
+def read_all(stream) -> list:
+    """Return every chunk of a provider stream, read as the relay does; its timer bounds a stall."""
+    chunks = []
+    for _ in range(100_000):
+        if stream.ready(1.0) and (read := stream.read()) is None:
+            return chunks
+        chunks.extend(read or ())
+    raise AssertionError("the stream never ended")
 
 
 def assert_openai_error(body) -> None:
@@ -116,11 +132,35 @@ def test_sse_frames_read_back_by_sseclient_in_any_pieces(texts, data):
     assert read_events(data.draw(cut_up(stream))) == [*map(sse_lines, texts), "[DONE]"]
 
 
+@settings(REPRODUCIBLE, max_examples=300)
+@given(
+    events=st.lists(
+        st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n")), min_size=1, max_size=3), max_size=5
+    ),
+    ends=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    comments=st.booleans(),
+    data=st.data(),
+)
+def test_gateway_reads_upstream_events_as_sseclient_does_in_any_pieces(events, ends, comments, data):
+    # Upstream events: one or more data fields each, any line ends the format allows, comments between.
+    lines = []
+    for fields in events:
+        if comments:
+            lines.append(b": keep-alive")
+        lines.extend(b"data: " + text.encode() for text in fields)
+        lines.append(b"")
+    stream = b"".join(line + ends for line in lines)
+    pieces = data.draw(cut_up(stream))
+    assert gateway_reads(pieces) == read_events([stream]) == ["\n".join(fields) for fields in events]
+
+
 @settings(REPRODUCIBLE, max_examples=200)
 @given(objects=st.lists(json_values, max_size=5), data=st.data())
 def test_sse_json_frames_read_back_exactly_in_any_pieces(objects, data):
     stream = b"".join(map(sse.json_frame, objects))
-    assert [json.loads(text) for text in read_events(data.draw(cut_up(stream)))] == objects
+    pieces = data.draw(cut_up(stream))
+    assert [json.loads(text) for text in read_events(pieces)] == objects
+    assert [json.loads(text) for text in gateway_reads(pieces)] == objects
 
 
 # 2. Upstream streams: chunks or a GatewayError, whatever the bytes
@@ -274,7 +314,7 @@ def test_upstream_stream_yields_chunks_or_gateway_error(scripted, stream_provide
     try:
         stream = provider.stream(request, StreamTimer(first_byte=5, idle=5))
         try:
-            for item in stream:
+            for item in read_all(stream):
                 assert isinstance(item.obj, dict) and json.loads(item.text) == item.obj
         finally:
             stream.close()
@@ -291,7 +331,7 @@ def test_upstream_stream_yields_well_formed_chunks_in_order(scripted, stream_pro
         ChatRequest(body=dict(CHAT), model=MODEL, stream=True), StreamTimer(first_byte=5, idle=5)
     )
     try:
-        assert [item.obj for item in stream] == objects
+        assert [item.obj for item in read_all(stream)] == objects
     finally:
         stream.close()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 
-from .. import analytics
+from .. import analytics, request_record
 from ..analytics.prometheus import CONTENT_TYPE, render
 from ..auth import key_matches, provided_key, require_admin, require_admin_or_token
 from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
-from ..observe import recorder
+from ..request_record import recorder
 from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
 
@@ -79,7 +79,7 @@ def custom_event():
             "kind": kind,
             "domain": domain,
             "session_name": name,
-            "request_id": g.get("request_id"),
+            "request_id": request_record.current().request_id,
             "detail": detail,
             "status": 202,
         }

@@ -15,8 +15,8 @@ from .. import analytics
 from ..analytics.charts import bucket_layout, latency_chart, requests_chart
 from ..auth import key_matches, provided_admin_key
 from ..errors import InvalidRequestError
-from ..observe import recorder
 from ..providers.router import get_router
+from ..request_record import recorder
 from ..security_headers import PAGE_HEADERS
 from ..session_rules import active_since
 from ..store import get_store

@@ -7,13 +7,14 @@ import re
 import time
 
 import requests
-from flask import Blueprint, current_app, g
+from flask import Blueprint, current_app
 
+from .. import request_record
 from ..errors import InvalidRequestError, UpstreamError
 from ..providers.base import ChatRequest
 from ..providers.lmarena_bridge import LMArenaBridge
 from ..providers.router import get_router
-from ..session_rules import session_from_headers
+from ..session_rules import apply_session, session_from_headers
 from ..validation import ImageRequest, parse_image_request, read_json_body
 
 bp = Blueprint("images", __name__)
@@ -30,10 +31,11 @@ def create_image():
     session = session_from_headers()
     bridge = get_router().bridge_for(session.bridge_base_url if session else None)
     model = _image_model(image, bridge)
-    g.provider, g.model = bridge.name, model
+    record = request_record.current()
+    record.provider, record.model = bridge.name, model
     urls: list[str] = []
     # One bridge call yields one image; n calls at most, stopping early if a call yields several.
-    extra = {"session_id": session.session_id, "message_id": session.message_id} if session else {}
+    extra = apply_session(session, model) if session else {}
     for _ in range(image.n):
         if len(urls) >= image.n:
             break

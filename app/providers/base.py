@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,24 +24,46 @@ class ChatRequest:
         return body
 
 
+# What a client would show of a delta; a chunk with none of these (a role chunk) is not yet an answer.
+_SHOWN = ("content", "reasoning_content", "tool_calls", "function_call", "refusal")
+
+
 class Chunk(NamedTuple):
     """One `chat.completion.chunk`: its JSON text as received and the parsed object."""
 
     text: str
     obj: dict[str, Any]
 
+    def carries_content(self) -> bool:
+        """Return whether the chunk holds something a client would show (text, reasoning, tool calls or an end)."""
+        for choice in self.obj.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                return True
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and any(delta.get(k) for k in _SHOWN):
+                return True
+        return False
+
 
 class ChatStream:
-    """Chunks of one streamed completion; iterate it once, then close()."""
+    """Chunks of one streamed completion, read in the caller's thread: wait with ready(), take with read().
 
-    def __iter__(self) -> Iterator[Chunk]:
+    The caller never blocks longer than it asks to, so it can write keep-alives while it waits; close() when done
+    (closing is also how a stream is cancelled: there is no other thread to tell).
+    """
+
+    def ready(self, timeout: float) -> bool:
+        """Return whether read() has something, waiting at most timeout; raise GatewayError at a read deadline."""
         raise NotImplementedError
 
-    def abort(self) -> None:
-        """Make a read blocked in another thread return at once; safe to call from any thread."""
+    def read(self) -> list[Chunk] | None:
+        """Return the chunks that arrived (maybe none), or None once the stream has ended; raise GatewayError."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        """Release the upstream connection."""
+        """Release the upstream connection (kept for reuse when the stream ended cleanly)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +104,7 @@ class Provider:
         raise NotImplementedError
 
     def stream(self, request: ChatRequest, timer: Any) -> ChatStream:
-        """Open a stream whose reads obey timer; raise GatewayError when the upstream refuses it."""
+        """Send a stream request whose reads obey timer; raise GatewayError when it cannot be sent."""
         raise NotImplementedError
 
     def models(self) -> list[dict[str, Any]]:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .base import ChatRequest, ChatStream, Chunk, Provider
 from .breaker import Breaker
-from .http import StreamTimer
-from .stream import carries_content
+from .transport import StreamTimer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A step of work that yields None each time the caller's wait limit passes, and returns its result.
+Waiting = Generator[None, None, T]
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,31 @@ class RetryPolicy:
 
 @dataclass
 class OpenedStream:
-    """A stream that has produced its first content: nothing can be retried from here on."""
+    """A stream that has produced its first content (or ended): nothing can be retried from here on."""
 
     provider: Provider
     stream: ChatStream
-    rest: Iterator[Chunk]
     held: list[Chunk]
+
+
+class Beat:
+    """When the next keep-alive is due: waits are cut at it, and the waiting generator yields there."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.due = time.monotonic() + interval
+
+    def left(self) -> float:
+        """Return the seconds until the next keep-alive."""
+        return self.due - time.monotonic()
+
+    def passed(self) -> bool:
+        """Return whether the keep-alive is due, starting the next interval if so."""
+        now = time.monotonic()
+        if now < self.due:
+            return False
+        self.due = now + self.interval
+        return True
 
 
 @dataclass
@@ -54,8 +73,9 @@ class Dispatcher:
     breaker: Breaker
     policy: RetryPolicy
     budget: float
-    stop: threading.Event = field(default_factory=threading.Event)
-    attempts: list[tuple[str, str | None]] = field(default_factory=list)
+    last_provider: str | None = None
+    attempt_count: int = 0
+    deadline: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.budget
@@ -65,40 +85,56 @@ class Dispatcher:
 
     def complete(self, chat: ChatRequest) -> tuple[Provider, dict]:
         """Return (provider, completion) from the first provider that answers."""
-        return self._run(lambda provider, timeout: provider.chat(chat, timeout))
 
-    def open_stream(self, chat: ChatRequest, on_open: Callable[[ChatStream | None], None]) -> OpenedStream:
+        def attempt(provider: Provider, timeout: float) -> Waiting[dict]:
+            return provider.chat(chat, timeout)
+            yield  # a generator that never waits: a JSON answer sends no keep-alives
+
+        steps = self._run(attempt, Beat(float("inf")))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def open_stream(self, chat: ChatRequest, beat: Beat) -> Waiting[OpenedStream]:
         """Open a stream and read up to its first content, retrying and falling back before that point.
 
-        Chunks without content (yupp2Api's role chunk) are held back, so a failure after them can still be
-        retried invisibly. on_open(stream) lets the caller abort the stream being read from another thread.
+        Yields None whenever a keep-alive is due (beat) while nothing is known yet. Chunks without content
+        (yupp2Api's role chunk) are held back, so a failure after them can still be retried invisibly. Closing
+        this generator closes the stream being opened: that is how a client that went away cancels it.
         """
 
-        def attempt(provider: Provider, timeout: float) -> OpenedStream:
+        def attempt(provider: Provider, timeout: float) -> Waiting[OpenedStream]:
             timer = StreamTimer(first_byte=timeout, idle=provider.settings.idle_timeout)
             stream = provider.stream(chat, timer)
-            on_open(stream)
+            held: list[Chunk] = []
             try:
-                rest, held = iter(stream), []
-                for chunk in rest:
-                    held.append(chunk)
-                    if carries_content(chunk.obj):
+                while True:
+                    if not stream.ready(beat.left()):
+                        if beat.passed():
+                            yield
+                        continue
+                    chunks = stream.read()
+                    if chunks is None:
+                        break  # ended without content: nothing to retry for, the client gets what there was
+                    held.extend(chunks)
+                    if any(chunk.carries_content() for chunk in chunks):
                         break
                 timer.commit()
-                return OpenedStream(provider, stream, rest, held)
+                return OpenedStream(provider, stream, held)
             except BaseException:
-                on_open(None)
                 stream.close()
                 raise
 
-        return self._run(attempt)[1]
+        return (yield from self._run(attempt, beat))[1]
 
     def failed_after_start(self, provider: Provider, error: GatewayError) -> None:
         """Count a failure that came after the stream started (it cannot be retried, but it is the provider's)."""
         if error.provider_fault:
             self.breaker.failure(provider.name, error)
 
-    def _run(self, attempt: Callable[[Provider, float], T]) -> tuple[Provider, T]:
+    def _run(self, attempt: Callable[[Provider, float], Waiting[T]], beat: Beat) -> Waiting[tuple[Provider, T]]:
         last: GatewayError | None = None
         skipped = []
         for provider in self.plan:
@@ -107,24 +143,24 @@ class Dispatcher:
                 continue
             for number in range(provider.max_retries + 1):
                 timeout = min(provider.settings.first_byte_timeout, self.remaining())
-                if timeout <= 0 or self.stop.is_set():
+                if timeout <= 0:
                     raise self._out_of_time(last)
                 started = time.monotonic()
+                self.last_provider, self.attempt_count = provider.name, self.attempt_count + 1
                 try:
-                    result = attempt(provider, timeout)
+                    result = yield from attempt(provider, timeout)
                 except GatewayError as error:
                     last = error
-                    self.attempts.append((provider.name, error.code))
                     if error.provider_fault:
                         self.breaker.failure(provider.name, error)
                     log.info("%s attempt %d failed: %s", provider.name, number + 1, error.code)
                     if not error.retryable or number == provider.max_retries:
                         break
                     delay = self.policy.delay(number, error.retry_after)
-                    if delay is None or delay >= self.remaining() or self.stop.wait(delay):
+                    if delay is None or delay >= self.remaining():
                         break
+                    yield from _sleep(delay, beat)
                     continue
-                self.attempts.append((provider.name, None))
                 self.breaker.success(provider.name, (time.monotonic() - started) * 1000)
                 return provider, result
             if last is not None and not last.fallback:
@@ -134,8 +170,6 @@ class Dispatcher:
         raise last
 
     def _out_of_time(self, last: GatewayError | None) -> GatewayError:
-        if self.stop.is_set() and last is not None:
-            return last
         detail = f" Last failure: {last.message}" if last else ""
         return UpstreamTimeout(
             f"No provider answered within the request budget of {self.budget:g} s.{detail}",
@@ -150,3 +184,12 @@ class Dispatcher:
             code="circuit_open",
             retry_after=min(waits) if waits else None,
         )
+
+
+def _sleep(seconds: float, beat: Beat) -> Waiting[None]:
+    """Wait seconds, yielding whenever a keep-alive falls due meanwhile."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(max(0.0, min(left, beat.left())))
+        if beat.passed():
+            yield

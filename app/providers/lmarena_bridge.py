@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from ..errors import (
@@ -19,9 +18,9 @@ from ..errors import (
 from .base import Chunk, ProviderSettings
 from .bridge_files import BridgeFiles
 from .cache import Refreshing
-from .http import status_error, upstream_message
 from .openai_compat import OpenAICompatible
-from .stream import SSEChatStream
+from .sse_stream import SSEChatStream
+from .upstream_errors import status_error, upstream_message
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +65,20 @@ def bridge_error(text: str) -> GatewayError:
 class BridgeStream(SSEChatStream):
     """The bridge reports failures mid-stream as content `\\n\\n[LMArena Bridge Error]: ...` with HTTP 200."""
 
-    def inspect(self, chunk: Chunk) -> Iterator[Chunk]:
+    def inspect(self, chunk: Chunk) -> list[Chunk]:
         # Cheap test on the raw text first: nearly every chunk is plain content.
         if ERROR_MARKER in chunk.text:
             content = _delta_text(chunk.obj)
             if ERROR_MARKER in content:
                 before, _, text = content.partition(ERROR_MARKER)
-                if before.strip():
-                    obj = chunk.obj
-                    obj["choices"][0]["delta"]["content"] = before.rstrip("\n")
-                    yield Chunk(json.dumps(obj, ensure_ascii=False), obj)
-                raise bridge_error(text)
-        yield chunk
+                if not before.strip():
+                    raise bridge_error(text)
+                # The text before the marker is the model's: it reaches the client, then the error.
+                self.failure = bridge_error(text)
+                obj = chunk.obj
+                obj["choices"][0]["delta"]["content"] = before.rstrip("\n")
+                return [Chunk(json.dumps(obj, ensure_ascii=False), obj)]
+        return [chunk]
 
     def error_chunk(self, obj: dict[str, Any]) -> GatewayError:
         return bridge_error(upstream_message(obj))

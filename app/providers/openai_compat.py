@@ -9,8 +9,9 @@ from typing import Any
 
 from ..errors import GatewayError, UpstreamError
 from .base import ChatRequest, Provider, ProviderSettings
-from .http import StreamTimer, UpstreamClient, read_error_body, status_error, upstream_message
-from .stream import SSEChatStream
+from .sse_stream import SSEChatStream
+from .transport import StreamTimer, UpstreamClient, read_error_body
+from .upstream_errors import status_error, upstream_message
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +65,8 @@ class OpenAICompatible(Provider):
         """Raise GatewayError when a 200 completion is really an error."""
 
     def stream(self, request: ChatRequest, timer: StreamTimer) -> SSEChatStream:
-        response = self.client.request(
-            "POST",
-            "/v1/chat/completions",
-            body=request.upstream_body(True),
-            headers=self.headers(),
-            stream=True,
-            read_timeout=timer.read_timeout(),
-        )
-        # Refusals come as plain JSON with an error status, even when a stream was asked for.
-        if response.status != 200:
-            raise self.http_error(response.status, read_error_body(response), response.headers)
-        return self.stream_class(self.client, response, timer)
+        exchange = self.client.send_stream("/v1/chat/completions", request.upstream_body(True), self.headers())
+        return self.stream_class(exchange, timer, self.label, self.http_error, self.settings.max_response_bytes)
 
     def fetch_models(self) -> list[dict[str, Any]] | None:
         """Return the upstream's /v1/models entries, or None when it cannot say (bounded by the health timeout)."""

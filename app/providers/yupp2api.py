@@ -8,8 +8,8 @@ from typing import Any
 from ..errors import GatewayError, UpstreamError, UpstreamUnavailable
 from .base import ProviderSettings
 from .cache import Refreshing
-from .http import status_error, upstream_message
 from .openai_compat import OpenAICompatible
+from .upstream_errors import status_error, upstream_message
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,348 @@
+"""Pooled HTTP to one upstream: whole answers, and streamed ones read as their bytes arrive, errors translated."""
+
+from __future__ import annotations
+
+import json
+import select
+import ssl
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import certifi
+import urllib3
+
+from .. import version
+from ..errors import UpstreamError, UpstreamTimeout
+from .upstream_errors import stream_broken, tls_failed, too_large, unreachable
+
+Response = urllib3.HTTPResponse
+USER_AGENT = f"lmarena-gateway/{version.__version__}"
+READ_SIZE = 65536
+# The longest upstream answer (non-stream) or single SSE event kept in memory, unless configured otherwise.
+MAX_UPSTREAM_BYTES = 32 * 1024 * 1024
+# Errors of a socket read: the connection broke, or the peer sent what http.client cannot parse.
+READ_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError)
+
+
+def redact_url(url: str) -> str:
+    """Return url without user info, query or fragment, safe to show and log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class StreamTimer:
+    """Read deadlines for one answer: the first content must come within first_byte, then gaps stay under idle."""
+
+    def __init__(self, first_byte: float, idle: float) -> None:
+        self.first_byte, self.idle = first_byte, idle
+        self.deadline = time.monotonic() + first_byte
+        self.committed = False
+
+    def commit(self) -> None:
+        """Switch from the first-content deadline to the idle gap (content has started)."""
+        self.committed = True
+        self.touch()
+
+    def touch(self) -> None:
+        """Note that bytes came: once content has started, the idle gap counts from now."""
+        if self.committed:
+            self.deadline = time.monotonic() + self.idle
+
+    def read_timeout(self) -> float:
+        """Return how long the next read may wait."""
+        return max(0.001, self.deadline - time.monotonic())
+
+    def expired(self, label: str) -> UpstreamTimeout:
+        """Return the error for a read that waited too long."""
+        if self.committed:
+            return UpstreamTimeout(
+                f"{label} sent nothing for {self.idle:g} s; the stream was ended.", code="upstream_idle_timeout"
+            )
+        return UpstreamTimeout(
+            f"{label} sent no content within {self.first_byte:g} s.", code="upstream_first_byte_timeout"
+        )
+
+
+class UpstreamClient:
+    """A urllib3 connection pool per upstream, so connections are reused across requests.
+
+    urllib3 directly rather than through a requests.Session: requests merges settings, cookies, hooks and
+    environment on every call, which cost about 0.45 ms per request here (bench/README.md), more than the rest of a
+    relay's own work; none of it is used against an upstream that is configured explicitly.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_bytes: int = MAX_UPSTREAM_BYTES,
+        pool_size: int = 32,
+        ca_file: str = "",
+    ) -> None:
+        self.label = label
+        self.base_url = base_url
+        self.public_url = redact_url(base_url)
+        self.prefix = urlsplit(base_url).path.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_bytes = max_bytes
+        # block=False: a burst past pool_size opens extra connections rather than queueing behind the pool.
+        # certifi's public CAs (as requests trusts) rather than the system's: old cPanel hosts carry stale bundles.
+        tls = {"ca_certs": ca_file or certifi.where()} if base_url.startswith("https:") else {}
+        self.pool = urllib3.connection_from_url(base_url, maxsize=pool_size, block=False, retries=False, **tls)
+
+    def headers(self, data: bytes | None, stream: bool, extra: dict[str, str] | None) -> dict[str, str]:
+        """Return the headers of one request."""
+        headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if stream:
+            headers["Accept"] = "text/event-stream"
+            # A compressing upstream would hold chunks back to fill its deflate window.
+            headers["Accept-Encoding"] = "identity"
+        else:
+            headers["Accept-Encoding"] = "gzip, deflate"
+        headers.update(extra or {})
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> Response:
+        """Send a request and wait for its head; raise UpstreamError/UpstreamTimeout when there is no HTTP answer.
+
+        Only the head is read: pass the response to read_body or read_error_body, or release it.
+        """
+        timeout = urllib3.Timeout(connect=self.connect_timeout, read=read_timeout or self.read_timeout)
+        data = _encode(body)
+        try:
+            return self.pool.urlopen(
+                method,
+                self.prefix + path,
+                body=data,
+                headers=self.headers(data, False, headers),
+                timeout=timeout,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+                decode_content=True,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it is a subclass
+            raise unreachable(self.label, self.public_url, exc) from None
+        except urllib3.exceptions.ConnectTimeoutError:
+            raise self.connect_timed_out() from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise UpstreamTimeout(f"{self.label} did not answer within {timeout.read_timeout:g} s.") from None
+        except urllib3.exceptions.SSLError as exc:
+            raise tls_failed(self.label, self.public_url, exc) from None
+        except urllib3.exceptions.ProtocolError as exc:
+            raise unreachable(self.label, self.public_url, exc) from None
+        except (urllib3.exceptions.HTTPError, ValueError) as exc:  # ValueError: a header http.client refuses
+            raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
+
+    def send_stream(self, path: str, body: Any, headers: dict[str, str] | None) -> Exchange:
+        """Send a POST that asks for SSE on a pooled connection, without waiting for the answer's head."""
+        data = _encode(body)
+        conn = self.pool._get_conn()
+        conn.timeout = self.connect_timeout
+        try:
+            conn.request(
+                "POST",
+                self.prefix + path,
+                body=data,
+                headers=self.headers(data, True, headers),
+                preload_content=False,
+                decode_content=True,
+            )
+        except BaseException as exc:
+            conn.close()
+            self.pool._put_conn(None)  # the slot, not the broken connection, goes back
+            if isinstance(exc, urllib3.exceptions.NewConnectionError):  # first: it is a ConnectTimeoutError too
+                raise unreachable(self.label, self.public_url, exc) from None
+            if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+                raise self.connect_timed_out() from None
+            if isinstance(exc, ssl.SSLError | urllib3.exceptions.SSLError):
+                raise tls_failed(self.label, self.public_url, exc) from None
+            if isinstance(exc, OSError | urllib3.exceptions.HTTPError):
+                raise unreachable(self.label, self.public_url, exc) from None
+            if isinstance(exc, ValueError):  # a header http.client refuses
+                raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
+            raise
+        return Exchange(self, conn)
+
+    def connect_timed_out(self) -> UpstreamTimeout:
+        """Return the error for a connection not accepted in time."""
+        return UpstreamTimeout(
+            f"{self.label} at {self.public_url} did not accept a connection within {self.connect_timeout:g} s.",
+            code="upstream_connect_timeout",
+        )
+
+    def read_body(self, response: Response, timer: StreamTimer) -> bytes:
+        """Return a whole (non-stream) body, read by timer's deadline and at most max_bytes long.
+
+        A body read to its end frees the connection for reuse; one that fails is closed with its connection.
+        """
+        declared = response.headers.get("Content-Length", "")
+        pieces: list[bytes] = []
+        size = 0
+        sock = getattr(response.connection, "sock", None)
+        try:
+            # The header is only a shortcut: the count below holds whatever it says (or a decompressed size).
+            if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+                raise too_large(self.label, "an answer", self.max_bytes)
+            while True:
+                if sock is not None:
+                    sock.settimeout(timer.read_timeout())  # each read waits only for what is left of the deadline
+                try:
+                    piece = response.read1(READ_SIZE, decode_content=True)
+                except urllib3.exceptions.ReadTimeoutError:
+                    raise UpstreamTimeout(
+                        f"{self.label} did not finish its answer within {timer.first_byte:g} s."
+                    ) from None
+                except READ_ERRORS as exc:
+                    raise stream_broken(self.label, exc) from None
+                if not piece:
+                    return b"".join(pieces)
+                size += len(piece)
+                if size > self.max_bytes:
+                    raise too_large(self.label, "an answer", self.max_bytes)
+                pieces.append(piece)
+        except BaseException:
+            release(response)
+            raise
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.pool.close()
+
+
+class Exchange:
+    """A streamed answer read as its bytes arrive; the caller waits with ready(), so a read never blocks for long.
+
+    A relay waits here with its keep-alive interval as the limit and writes a keep-alive when it passes: a plain
+    socket timeout cannot do that, since after one Python's socket file refuses all further reads.
+    """
+
+    def __init__(self, client: UpstreamClient, conn: Any) -> None:
+        self.client, self.conn = client, conn
+        self.response: Response | None = None
+
+    def ready(self, timeout: float) -> bool:
+        """Return whether a read would find bytes (or the end), waiting at most timeout seconds for them."""
+        if self._buffered():
+            return True
+        sock = self.conn.sock
+        if sock is None:
+            return True  # closed under us: the read says how
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+
+    def _buffered(self) -> bool:
+        """Return whether bytes already read off the socket wait in a buffer (the socket would not say so)."""
+        response, sock = self.response, self.conn.sock
+        if response is not None and len(getattr(response, "_decoded_buffer", ())):
+            return True  # decoded (gunzipped) bytes urllib3 holds
+        fp = getattr(getattr(response, "_fp", None), "fp", None) if response is not None else None
+        if sock is None or (response is not None and fp is None):
+            return True
+        if fp is None:
+            return False  # before the head: http.client has read nothing yet
+        # http.client reads the socket 8 KiB at a time: a chunk may sit in its buffer, or in OpenSSL's. Peek
+        # without blocking (a timeout of 0 makes the socket non-blocking; it is set again before every read).
+        sock.settimeout(0)
+        try:
+            return bool(fp.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        except READ_ERRORS:
+            return True  # broken: the read says how
+
+    def head(self, timeout: float) -> Response:
+        """Read the answer's head (call once ready() said so); raise when the upstream broke off."""
+        self.conn.timeout = timeout
+        try:
+            response = self.conn.getresponse()
+        except (TimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:
+            self.drop()
+            raise UpstreamTimeout(f"{self.client.label} did not answer within {timeout:g} s.") from exc
+        except READ_ERRORS as exc:
+            self.drop()
+            raise stream_broken(self.client.label, exc) from None
+        # What HTTPConnectionPool.urlopen would set: the connection goes back to this pool when the body ends.
+        response._pool, response._connection = self.client.pool, self.conn
+        self.response = response
+        return response
+
+    def read(self, timeout: float) -> bytes:
+        """Return the bytes there are (b"" at the end of the body); timeout bounds a read of a half-sent chunk."""
+        sock = self.conn.sock
+        if sock is not None:
+            sock.settimeout(timeout)
+        return self.response.read1(READ_SIZE, decode_content=True)
+
+    def finish(self) -> None:
+        """Read the end of a body whose content is all in (after [DONE]) so its connection is reused, else drop it."""
+        response = self.response
+        sock = self.conn.sock
+        if response is None or sock is None:
+            self.drop()
+            return
+        try:
+            sock.settimeout(FINISH_SECONDS)
+            left = READ_SIZE
+            while left > 0 and (piece := response.read1(left)):
+                left -= len(piece)
+        except Exception:  # noqa: BLE001 - whatever went wrong, the connection is dropped instead
+            pass
+        # urllib3 hands the connection back to its pool once the body has ended; otherwise it is dropped here.
+        release(response)
+
+    def drop(self) -> None:
+        """Close the connection (unless already given back) and free its pool slot."""
+        if self.response is not None:
+            release(self.response)
+            return
+        self.conn.close()
+        self.client.pool._put_conn(None)
+
+
+FINISH_SECONDS = 0.25  # how long to wait for the end of a body after [DONE]; upstreams send it at once
+
+
+def release(response: Response) -> None:
+    """Close a response; a connection whose body was not read to its end is dropped, never reused half-read."""
+    response.close()
+    # Give the pool its slot back (holding a closed connection, replaced on next use).
+    response.release_conn()
+
+
+def read_error_body(response: Response, limit: int = 65536) -> Any:
+    """Return the parsed JSON (or short text) of an error response, reading at most limit bytes of a stream."""
+    try:
+        raw = response.read(limit, decode_content=True)
+    except (urllib3.exceptions.HTTPError, OSError, ValueError):
+        raw = b""
+    finally:
+        release(response)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply for Python's parser
+        return raw.decode("utf-8", "replace").strip()[:300]
+
+
+def _encode(body: Any) -> bytes | None:
+    return None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,157 @@
+"""Relay a provider stream to the client in the response's own thread: unbuffered, with keep-alives and clean errors.
+
+The response generator itself waits for upstream bytes (poll on the socket, the keep-alive interval as the limit),
+so nothing crosses threads; a client that goes away closes the generator, and its `finally` closes the upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from . import sse
+from .errors import GatewayError
+from .providers.base import ChatRequest, Chunk
+from .providers.dispatch import Beat, Dispatcher, OpenedStream, Waiting
+from .providers.upstream_errors import ensure_gateway_error
+from .request_record import RequestRecord
+from .usage import fill_usage
+
+log = logging.getLogger(__name__)
+
+
+class Opening:
+    """A stream being opened: the view starts it, and the response goes on with it if it takes longer."""
+
+    def __init__(self, dispatcher: Dispatcher, chat: ChatRequest, keepalive: float) -> None:
+        self.dispatcher, self.chat = dispatcher, chat
+        self.beat = Beat(keepalive)
+        self.steps: Waiting[OpenedStream] = dispatcher.open_stream(chat, self.beat)
+        self.opened: OpenedStream | None = None
+
+    def wait_one_interval(self) -> bool:
+        """Work until the stream opens (True) or a keep-alive falls due (False); raise the failure of all attempts."""
+        try:
+            next(self.steps)
+        except StopIteration as done:
+            self.opened = done.value
+            return True
+        return False
+
+    def close(self) -> None:
+        """Close the stream, whether still opening (the generator's close() closes it) or open."""
+        self.steps.close()
+        opened, self.opened = self.opened, None  # closed once, however often this is called
+        if opened is not None:
+            opened.stream.close()
+
+
+class ChunkRelay:
+    """Turn upstream chunks into client frames: requested model name, a role chunk first, usage counted."""
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self.started = False
+        self.completion_chars = 0
+        self.upstream_usage: dict[str, Any] | None = None
+        self.last_id = "chatcmpl-gateway"
+        self.last_created = 0
+
+    def frames(self, chunk: Chunk, out: list[bytes]) -> None:
+        """Add the frames a chunk stands for to out."""
+        obj, text = chunk.obj, chunk.text
+        choices = obj.get("choices")
+        self.last_id = obj.get("id") or self.last_id
+        self.last_created = obj.get("created") or self.last_created
+        if isinstance(obj.get("usage"), dict):
+            self.upstream_usage = obj["usage"]
+            if not choices:
+                return  # a usage-only chunk: sent once at the end, and only when asked for
+        if not isinstance(choices, list):
+            choices = []
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                for key in ("content", "reasoning_content"):
+                    if isinstance(delta.get(key), str):
+                        self.completion_chars += len(delta[key])
+        if not self.started:
+            self.started = True
+            first_delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+            if not (isinstance(first_delta, dict) and "role" in first_delta):
+                role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                out.append(sse.json_frame(self._chunk([role])))
+        if obj.get("model") != self.request.model:
+            # Upstreams may report a cleaned model name; clients expect the id they asked for.
+            obj["model"] = self.request.model
+            text = json.dumps(obj, ensure_ascii=False)
+        out.append(sse.frame(text))
+
+    def usage(self) -> dict[str, Any]:
+        """Return the upstream's usage, completed with estimates where it reported none."""
+        return fill_usage(self.upstream_usage, self.request.body.get("messages"), self.completion_chars)
+
+    def usage_frame(self) -> bytes:
+        return sse.json_frame(self._chunk([], usage=self.usage()))
+
+    def _chunk(self, choices: list, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.last_id,
+            "object": "chat.completion.chunk",
+            "created": self.last_created,
+            "model": self.request.model,
+            "choices": choices,
+            **extra,
+        }
+
+
+def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
+    """Yield SSE frames as upstream chunks arrive, ending with `data: [DONE]` whatever happens.
+
+    Everything the upstream has sent when it is read goes out in one write: never a wait, fewer writes (each costs
+    the WSGI server a wake-up of its I/O thread).
+    """
+    chunks = ChunkRelay(opening.chat)
+    tail: list[bytes] = []
+    try:
+        while opening.opened is None:
+            # A whole interval has passed (in the view, or in the previous step) without a verdict.
+            yield sse.KEEPALIVE
+            opening.wait_one_interval()
+        opened = opening.opened
+        record.opened(opened.provider.name)
+        stream, beat = opened.stream, opening.beat  # closed in finally, through opening
+        batch: list[bytes] = []
+        for chunk in opened.held:
+            chunks.frames(chunk, batch)
+        while True:
+            if batch:
+                record.content()
+                yield b"".join(batch)
+                batch = []
+            if not stream.ready(beat.left()):
+                if beat.passed():
+                    # Also how a gone client is noticed under Passenger: the write fails.
+                    yield sse.KEEPALIVE
+                continue
+            read = stream.read()
+            if read is None:
+                break
+            for chunk in read:
+                chunks.frames(chunk, batch)
+        if opening.chat.include_usage:
+            tail.append(chunks.usage_frame())
+    except Exception as exc:  # providers raise GatewayError; anything else is logged as a bug
+        error: GatewayError = ensure_gateway_error(exc, "the upstream")
+        if opening.opened is not None:
+            opening.dispatcher.failed_after_start(opening.opened.provider, error)
+        record.error_code = error.code
+        log.info("stream ended with error: %s", error.code)
+        tail.append(sse.json_frame(error.to_dict()))
+    finally:
+        opening.close()
+        # Recorded before [DONE] goes out: a client that reads its analytics right after finds the request.
+        record.stream_finished(chunks.usage())
+    yield b"".join((*tail, sse.DONE))

@@ -1,0 +1,150 @@
+"""What one request did, in one object: its id, who served it, its outcome; headers, log line and analytics from it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+
+from .analytics import AnalyticsError, Recorder
+from .config import ConfigError
+
+log = logging.getLogger("app.requests")
+
+# A caller's id is kept only if it cannot smuggle anything into headers or log lines.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass
+class RequestRecord:
+    """One request's state: written by the views and the error handler, read when its answer (or stream) ends."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    model: str | None = None
+    provider: str | None = None
+    attempts: int = 0
+    domain: str | None = None
+    session_name: str | None = None
+    usage: dict[str, Any] | None = None
+    error_code: str | None = None
+    first_content: float | None = None
+    # Set for a stream: it records its own event when it ends, long after the view has returned.
+    recorder: Recorder | None = field(default=None, repr=False)
+
+    def served_by(self, provider: str | None, attempts: int | None = None) -> None:
+        """Note who answered (or was asked last) and after how many attempts."""
+        if provider:
+            self.provider = provider
+        if attempts:
+            self.attempts = attempts
+
+    def event(self, status: int, stream: bool) -> dict[str, Any]:
+        """Return the request's analytics event."""
+        usage = self.usage or {}
+        now = time.perf_counter()
+        return {
+            "request_id": self.request_id,
+            "domain": self.domain,
+            "session_name": self.session_name,
+            "provider": self.provider,
+            "model": self.model,
+            "ts": time.time(),
+            "stream": stream,
+            "status": status,
+            "error_code": self.error_code,
+            "latency_ms": (now - self.started) * 1000,
+            "ttfb_ms": (self.first_content - self.started) * 1000 if self.first_content else None,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+        }
+
+    # A stream's life, told by the relay after the request context is gone.
+
+    def stream_started(self, target: Recorder | None) -> None:
+        """Count the stream as open on the dashboard until stream_finished()."""
+        self.recorder = target
+        if target is not None:
+            target.stream_started(self.request_id, self.provider, self.model)
+
+    def opened(self, provider: str) -> None:
+        self.provider = provider
+
+    def content(self) -> None:
+        if self.first_content is None:
+            self.first_content = time.perf_counter()
+
+    def stream_finished(self, usage: dict[str, Any]) -> None:
+        """Record the stream's event (status 200: its errors travel in the body)."""
+        if self.recorder is None:
+            return
+        self.usage = usage
+        self.recorder.stream_ended(self.request_id)
+        self.recorder.record(self.event(200, stream=True))
+
+
+def current() -> RequestRecord:
+    """Return this request's record."""
+    return g._record
+
+
+def init_app(app: Flask) -> None:
+    """Give every request a record and an id; answer with who served; log a line and record /v1 answers."""
+    app.extensions["analytics"] = None
+    if app.config["GATEWAY_ENABLE_SESSION_ANALYTICS"]:
+        try:
+            app.extensions["analytics"] = Recorder(app.config["GATEWAY_ANALYTICS_PATH"])
+        except AnalyticsError as exc:
+            raise ConfigError(f"GATEWAY_ANALYTICS_PATH: {exc.message}") from None
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def recorder() -> Recorder | None:
+    """Return the current app's analytics recorder, or None when analytics are off."""
+    return current_app.extensions.get("analytics")
+
+
+def _start() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g._record = RequestRecord(incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex)
+
+
+def _finish(response: Response) -> Response:
+    record: RequestRecord = g.get("_record") or RequestRecord(uuid.uuid4().hex)
+    response.headers["X-Request-Id"] = record.request_id
+    if record.provider:
+        response.headers["X-Gateway-Provider"] = record.provider
+    if record.attempts:
+        response.headers["X-Gateway-Attempts"] = str(record.attempts)
+    # Streams are recorded when they end (RequestRecord.stream_finished); every other /v1 answer here.
+    target = recorder()
+    if target is not None and request.path.startswith("/v1/") and response.mimetype != "text/event-stream":
+        if response.status_code >= 400:
+            record.error_code = _error_code(response)
+        target.record(record.event(response.status_code, stream=False))
+    if current_app.config["LOG_REQUESTS"]:
+        # repr() keeps model ids with newlines or emoji on one line; keys and bodies are never logged.
+        log.info(
+            "%s %r %s %.1fms id=%s provider=%s model=%r",
+            request.method,
+            request.path,
+            response.status_code,
+            (time.perf_counter() - record.started) * 1000,
+            record.request_id,
+            record.provider or "-",
+            record.model,
+        )
+    return response
+
+
+def _error_code(response: Response) -> str | None:
+    """Return the `code` of an OpenAI error body: what the client was told is what analytics count."""
+    body = response.get_json(silent=True)
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
