@@ -68,6 +68,11 @@ class InvalidRequestError(GatewayError):
     code = "invalid_request"
 
 
+class RequestTooLarge(InvalidRequestError):
+    status_code = 413
+    code = "request_too_large"
+
+
 class AuthenticationError(GatewayError):
     status_code = 401
     type = "invalid_request_error"
@@ -90,6 +95,28 @@ class RateLimitError(GatewayError):
     status_code = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class SessionLimitReached(RateLimitError):
+    code = "session_limit_reached"
+
+
+class StoreError(GatewayError):
+    """The session store cannot be used right now; nothing was changed."""
+
+    status_code = 503
+    type = "api_error"
+    code = "store_unavailable"
+
+
+class StoreCorrupt(StoreError):
+    code = "store_corrupt"
+
+
+class AnalyticsError(StoreError):
+    """The analytics database cannot be used right now."""
+
+    code = "analytics_unavailable"
 
 
 class UpstreamError(GatewayError):

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from app.store.base import Session, SessionLimitReached, StoreError, isoformat, parse_time, utcnow
+from app.errors import SessionLimitReached, StoreError
+from app.store.base import Session, isoformat, parse_time, utcnow
 from app.store.file_store import JsonSessionStore
 from app.store.redis_store import RedisSessionStore
 

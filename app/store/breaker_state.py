@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import StoreError
+from ..errors import StoreError
 from .locked_file import LockedJsonFile
 
 Record = dict[str, Any]

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from .base import KEEPABLE, Session, SessionStore, StoreError, isoformat, limit_error
+from ..errors import StoreError
+from .base import KEEPABLE, Session, SessionStore, isoformat, limit_error
 
 log = logging.getLogger(__name__)
 
