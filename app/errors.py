@@ -137,12 +137,10 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-# Routing and body-size errors raised by werkzeug, described the OpenAI way.
+# Routing and header errors raised by werkzeug that have no class of their own, described the OpenAI way.
 _HTTP_CODES = {
     400: "invalid_request",
-    404: "not_found",
     405: "method_not_allowed",
-    413: "request_too_large",
     415: "unsupported_media_type",
     431: "request_header_fields_too_large",
 }
@@ -163,11 +161,13 @@ def error_response(error: GatewayError):
 def _from_http_exception(exc: HTTPException) -> GatewayError:
     status = exc.code or 500
     if status == 404:
-        message = "Unknown endpoint. The gateway serves /v1/chat/completions, /v1/images/generations and /v1/models."
-    elif status == 405:
+        return NotFoundError(
+            "Unknown endpoint. The gateway serves /v1/chat/completions, /v1/images/generations and /v1/models."
+        )
+    if status == 413:
+        return RequestTooLarge("Request body is too large.")
+    if status == 405:
         message = f"Method not allowed for this endpoint (allowed: {', '.join(exc.valid_methods or [])})."
-    elif status == 413:
-        message = "Request body is too large."
     else:
         message = exc.description or exc.name
     cls = InvalidRequestError if status < 500 else GatewayError
