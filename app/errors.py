@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, has_request_context
+from flask import Flask, current_app, g, has_request_context
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -158,12 +158,23 @@ def error_response(error: GatewayError):
     return error.to_dict(), error.status_code, headers
 
 
+def _api_endpoints() -> list[str]:
+    """Return the app's fixed /v1 paths, read from its routes so the 404 message cannot go stale."""
+    return sorted({r.rule for r in current_app.url_map.iter_rules() if r.rule.startswith("/v1/") and not r.arguments})
+
+
+def _unknown_endpoint() -> NotFoundError:
+    paths = _api_endpoints()
+    if not paths:
+        return NotFoundError("Unknown endpoint.")
+    listed = paths[0] if len(paths) == 1 else f"{', '.join(paths[:-1])} and {paths[-1]}"
+    return NotFoundError(f"Unknown endpoint. The gateway serves {listed}.")
+
+
 def _from_http_exception(exc: HTTPException) -> GatewayError:
     status = exc.code or 500
     if status == 404:
-        return NotFoundError(
-            "Unknown endpoint. The gateway serves /v1/chat/completions, /v1/images/generations and /v1/models."
-        )
+        return _unknown_endpoint()
     if status == 413:
         return RequestTooLarge("Request body is too large.")
     if status == 405:
