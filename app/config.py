@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from dotenv import dotenv_values
 from urllib3.util import parse_url
 
 ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -203,7 +206,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LMARENA_BRIDGE_MAX_RETRIES", 1, _count),
     Setting("LMARENA_BRIDGE_MODELS_FILE", "", _optional_file),
     Setting("LMARENA_BRIDGE_CONFIG_FILE", "", _optional_file),
-    Setting("LMARENA_BRIDGE_MODEL_MAP_FILE", "", _optional_file),
     Setting("YUPP2API_ENABLED", False, _flag),
     Setting("YUPP2API_BASE_URL", "http://127.0.0.1:8001", _url),
     Setting("YUPP2API_API_KEY", "", _text, secret=True),
@@ -259,6 +261,13 @@ SETTINGS: tuple[Setting, ...] = (
 
 SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if s.secret)
 
+# Settings earlier versions read, and why they are ignored now: a leftover gets one log line, not a start-up failure.
+RETIRED_SETTINGS = {
+    "LMARENA_BRIDGE_MODEL_MAP_FILE": (
+        "LMArenaBridge applies its own model_endpoint_map.json and the gateway has no use for it"
+    ),
+}
+
 
 def _shown(setting: Setting, raw: Any) -> str:
     """Return a bad value as it may appear in an error: secrets hidden, URL passwords masked."""
@@ -278,17 +287,18 @@ def load_settings(
         # GATEWAY_ENV_FILE moves the .env file (or, set empty, turns it off); it cannot live in .env itself.
         chosen = (test_config or {}).get("GATEWAY_ENV_FILE", environ.get("GATEWAY_ENV_FILE"))
         dotenv_path = ROOT / ".env" if chosen is None else (ROOT / chosen if chosen else None)
-    layers: list[Mapping[str, Any]] = []
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     if dotenv_path is not None and dotenv_path.is_file():
-        layers.append({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-    layers.append(environ)
+        layers.append((str(dotenv_path), {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}))
+    layers.append(("the environment", environ))
     if test_config:
-        layers.append(test_config)
+        layers.append(("the test config", test_config))
+    _log_retired(layers)
 
     settings: dict[str, Any] = {}
     for setting in SETTINGS:
         raw: Any = setting.default
-        for layer in layers:
+        for _, layer in layers:
             if setting.name in layer:
                 raw = layer[setting.name]
         try:
@@ -299,3 +309,11 @@ def load_settings(
     for key, value in (test_config or {}).items():
         settings.setdefault(key, value)
     return settings
+
+
+def _log_retired(layers: list[tuple[str, Mapping[str, Any]]]) -> None:
+    """Log one line for each retired setting still present, naming where it was found."""
+    for name, why in RETIRED_SETTINGS.items():
+        found = [where for where, layer in layers if name in layer]
+        if found:
+            log.warning("%s is set in %s but ignored: %s; remove it.", name, " and ".join(found), why)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,11 @@ class InvalidRequestError(GatewayError):
     code = "invalid_request"
 
 
+class RequestTooLarge(InvalidRequestError):
+    status_code = 413
+    code = "request_too_large"
+
+
 class AuthenticationError(GatewayError):
     status_code = 401
     type = "invalid_request_error"
@@ -92,6 +97,28 @@ class RateLimitError(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class SessionLimitReached(RateLimitError):
+    code = "session_limit_reached"
+
+
+class StoreError(GatewayError):
+    """The session store cannot be used right now; nothing was changed."""
+
+    status_code = 503
+    type = "api_error"
+    code = "store_unavailable"
+
+
+class StoreCorrupt(StoreError):
+    code = "store_corrupt"
+
+
+class AnalyticsError(StoreError):
+    """The analytics database cannot be used right now."""
+
+    code = "analytics_unavailable"
+
+
 class UpstreamError(GatewayError):
     """An upstream answered, but not with something the gateway can pass on."""
 
@@ -110,12 +137,10 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-# Routing and body-size errors raised by werkzeug, described the OpenAI way.
+# Routing and header errors raised by werkzeug that have no class of their own, described the OpenAI way.
 _HTTP_CODES = {
     400: "invalid_request",
-    404: "not_found",
     405: "method_not_allowed",
-    413: "request_too_large",
     415: "unsupported_media_type",
     431: "request_header_fields_too_large",
 }
@@ -131,14 +156,27 @@ def error_response(error: GatewayError):
     return error.to_dict(), error.status_code, headers
 
 
+def _api_endpoints() -> list[str]:
+    """Return the app's fixed /v1 paths, read from its routes so the 404 message cannot go stale."""
+    return sorted({r.rule for r in current_app.url_map.iter_rules() if r.rule.startswith("/v1/") and not r.arguments})
+
+
+def _unknown_endpoint() -> NotFoundError:
+    paths = _api_endpoints()
+    if not paths:
+        return NotFoundError("Unknown endpoint.")
+    listed = paths[0] if len(paths) == 1 else f"{', '.join(paths[:-1])} and {paths[-1]}"
+    return NotFoundError(f"Unknown endpoint. The gateway serves {listed}.")
+
+
 def _from_http_exception(exc: HTTPException) -> GatewayError:
     status = exc.code or 500
     if status == 404:
-        message = "Unknown endpoint. The gateway serves /v1/chat/completions, /v1/images/generations and /v1/models."
-    elif status == 405:
+        return _unknown_endpoint()
+    if status == 413:
+        return RequestTooLarge("Request body is too large.")
+    if status == 405:
         message = f"Method not allowed for this endpoint (allowed: {', '.join(exc.valid_methods or [])})."
-    elif status == 413:
-        message = "Request body is too large."
     else:
         message = exc.description or exc.name
     cls = InvalidRequestError if status < 500 else GatewayError

@@ -16,6 +16,7 @@ from flask import Flask, after_this_request, current_app, request
 from .auth import provided_key
 from .config import ConfigError
 from .errors import RateLimitError
+from .store import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,7 @@ class RedisCells:
     """Arrival times as Redis keys, moved on by one Lua script per request."""
 
     def __init__(self, url: str, prefix: str = "lmgw:ratelimit:", timeout: float = 2.0) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=min(timeout, 2.0), socket_timeout=timeout)
+        self.client = redis_client.connect(url, timeout)
         self.prefix = prefix
         self._script = self.client.register_script(_REDIS_GCRA)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import request
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, RequestTooLarge
 from .providers.base import ChatRequest
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -19,15 +19,13 @@ MAX_PROMPT_LENGTH = 32000
 
 def read_json_body(max_bytes: int | None = None) -> dict[str, Any]:
     """Return the request body as a JSON object; bodies over max_bytes (or MAX_CONTENT_LENGTH) are a 413."""
+    too_large = f"Request body is too large (at most {max_bytes} bytes)."
+    # Content-Length is checked first so an honest oversized body is refused before it is read.
     if max_bytes is not None and (request.content_length or 0) > max_bytes:
-        raise InvalidRequestError(
-            f"Request body is too large (at most {max_bytes} bytes).", status_code=413, code="request_too_large"
-        )
+        raise RequestTooLarge(too_large)
     raw = request.get_data(cache=False)
     if max_bytes is not None and len(raw) > max_bytes:
-        raise InvalidRequestError(
-            f"Request body is too large (at most {max_bytes} bytes).", status_code=413, code="request_too_large"
-        )
+        raise RequestTooLarge(too_large)
     if not raw.strip():
         raise InvalidRequestError("The request body is empty; send a JSON object.", code="invalid_json")
     try:

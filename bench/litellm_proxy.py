@@ -1,4 +1,4 @@
-"""The peer: LiteLLM proxy in its own venv (bench/.venv-litellm), routed to the same mock, run as PERF.md says."""
+"""The peer: LiteLLM proxy in its own venv (bench/.venv-litellm), routed to the same mock, set up as README.md says."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A fast mock of LMArenaBridge's OpenAI API on loopback: pre-encoded answers over HTTP/1.1 keep-alive (asyncio).
 
-Answers like the real bridge (shared/upstream-captures/lmab_*): `GET /v1/models`, `POST /v1/chat/completions` as
+Answers like the real bridge (tests/upstreams/captures/lmab_*): `GET /v1/models`, `POST /v1/chat/completions` as
 JSON or as SSE (`data: {chat.completion.chunk}` frames, no role chunk, a stop chunk, `data: [DONE]`), each SSE frame
 in its own HTTP chunk as uvicorn sends it. Content tokens carry the marker `bnch` so a client can find the first
 content chunk whatever a relay adds before it. The model `bench-paced` spaces its chunks PACED_GAP apart and writes

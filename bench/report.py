@@ -61,7 +61,7 @@ def summarize(cells: list[dict]) -> dict[tuple[str, str, int], dict]:
 
 
 def check_goals(summary: dict, store: list[dict], gateways: list[str]) -> list[dict]:
-    """Return one row per goal of issue 9: the goal, and per gateway server the measured value and whether met."""
+    """Return one row per goal in GOALS: the goal, and per gateway server the measured value and whether met."""
 
     def get(target: str, mode: str, c: int, field: str) -> float | None:
         return summary.get((target, mode, c), {}).get(field)

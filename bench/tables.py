@@ -184,4 +184,5 @@ def _goals_table(goals: list[dict]) -> list[str]:
             m = goal["measured"][gateway]
             cells.append(f"{_f(m['value'])} {({True: '✅', False: '❌'}).get(m['met'], '–')}")
         rows.append([f"{goal['goal']} {goal['sense']} {goal['target']:g}", *cells])
-    return _table("**Targets of issue 9** (✅ met, ❌ not met, – not measured):", ["goal", *gateways], rows)
+    title = "**Targets** (`GOALS` in `report.py`; ✅ met, ❌ not met, – not measured):"
+    return _table(title, ["goal", *gateways], rows)

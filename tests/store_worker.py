@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.store.base import Session, StoreError, utcnow  # noqa: E402
+from app.errors import StoreError  # noqa: E402
+from app.store.base import Session, utcnow  # noqa: E402
 from app.store.file_store import JsonSessionStore  # noqa: E402
 
 NO_LIMIT = 10**9

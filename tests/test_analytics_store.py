@@ -17,7 +17,6 @@ import pytest
 from app.analytics import (
     BUCKETS,
     SCHEMA_VERSION,
-    AnalyticsError,
     Recorder,
     cleanup,
     connect,
@@ -28,7 +27,7 @@ from app.analytics import (
     timeseries,
 )
 from app.analytics import writer as analytics_writer
-from app.store.base import StoreError
+from app.errors import AnalyticsError, StoreError
 from tests.analytics_worker import make_event
 
 WORKER = str(Path(__file__).with_name("analytics_worker.py"))

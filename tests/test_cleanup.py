@@ -74,6 +74,7 @@ def test_cron_cleanup_is_disabled_without_a_token(client):
     response = client.post("/cron/cleanup", headers={"X-Cron-Token": ""})
     assert response.status_code == 403
     assert response.get_json()["error"]["code"] == "cron_disabled"
+    assert response.get_json()["error"]["type"] == "permission_error"
 
 
 def test_cli_cleanup_sessions_dry_run_then_real(cron_app):

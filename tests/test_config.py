@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -86,7 +87,6 @@ def test_base_url_with_v1_suffix_is_tolerated():
         ("LMARENA_BRIDGE_MODELS_FILE", "{not json"),
         ("LMARENA_BRIDGE_MODELS_FILE", '["gpt-5"]'),
         ("LMARENA_BRIDGE_CONFIG_FILE", "{ // unterminated"),
-        ("LMARENA_BRIDGE_MODEL_MAP_FILE", '{"gpt-5": "not an object"}'),
     ],
 )
 def test_unusable_bridge_file_fails_at_startup(tmp_path, name, content):
@@ -95,6 +95,38 @@ def test_unusable_bridge_file_fails_at_startup(tmp_path, name, content):
     with pytest.raises(ConfigError) as caught:
         create_app({"GATEWAY_ENV_FILE": "", name: str(path)})
     assert name in str(caught.value)
+
+
+MAP_FILE = "/srv/bridge/model_endpoint_map.json"
+
+
+def _retired_lines(caplog):
+    return [r.getMessage() for r in caplog.records if "LMARENA_BRIDGE_MODEL_MAP_FILE" in r.getMessage()]
+
+
+def test_retired_model_map_setting_in_environment_is_logged_once_at_startup(make_app, monkeypatch, caplog):
+    monkeypatch.setenv("LMARENA_BRIDGE_MODEL_MAP_FILE", MAP_FILE)
+    with caplog.at_level(logging.WARNING, logger="app.config"):
+        app = make_app()
+    [line] = _retired_lines(caplog)
+    assert "in the environment but ignored" in line and "model_endpoint_map.json" in line
+    assert "LMARENA_BRIDGE_MODEL_MAP_FILE" not in app.config
+
+
+def test_retired_model_map_setting_in_dotenv_is_logged_naming_the_file(tmp_path, caplog):
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"LMARENA_BRIDGE_MODEL_MAP_FILE={MAP_FILE}\n")
+    with caplog.at_level(logging.WARNING, logger="app.config"):
+        settings = load_settings(environ={}, dotenv_path=env_file)
+    [line] = _retired_lines(caplog)
+    assert f"in {env_file} but ignored" in line
+    assert "LMARENA_BRIDGE_MODEL_MAP_FILE" not in settings
+
+
+def test_no_retired_setting_logs_nothing(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="app.config"):
+        load_settings(environ={}, dotenv_path=tmp_path / "absent.env")
+    assert [r for r in caplog.records if r.name == "app.config"] == []
 
 
 def test_strip_jsonc_keeps_strings_and_drops_comments():

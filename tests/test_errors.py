@@ -20,6 +20,20 @@ def test_unknown_path_is_openai_404(client):
     assert _error(response)["code"] == "not_found"
 
 
+def test_unknown_path_message_names_the_real_endpoints(client):
+    message = _error(client.get("/nothing-here"))["message"]
+    assert message == (
+        "Unknown endpoint. The gateway serves /v1/chat/completions, /v1/images/generations and /v1/models."
+    )
+
+
+def test_unknown_path_message_follows_the_routes(make_app):
+    app = make_app()
+    app.add_url_rule("/v1/embeddings", "embeddings", lambda: {}, methods=["POST"])
+    message = _error(app.test_client().get("/nothing-here"))["message"]
+    assert "/v1/embeddings" in message and message.endswith("and /v1/models.")
+
+
 def test_wrong_method_is_openai_405_with_allow(client, auth):
     response = client.get("/v1/chat/completions", headers=auth)
     assert response.status_code == 405

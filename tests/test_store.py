@@ -7,7 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from app.store.base import Session, SessionLimitReached, StoreError, isoformat, parse_time, utcnow
+from app.errors import SessionLimitReached, StoreError
+from app.ratelimit import RedisCells
+from app.store.base import Session, isoformat, parse_time, utcnow
+from app.store.breaker_state import RedisState
 from app.store.file_store import JsonSessionStore
 from app.store.redis_store import RedisSessionStore
 
@@ -139,3 +142,16 @@ def test_reregistration_can_keep_admin_set_fields(store):
     assert got.session_id == update.session_id
     assert (got.bridge_base_url, got.models) == ("http://127.0.0.1:5202", {"gpt-5": "983bc566"})
     assert (stored.bridge_base_url, stored.models) == (got.bridge_base_url, got.models)
+
+
+def test_redis_users_open_clients_through_one_factory(redis_server):
+    clients = [
+        RedisSessionStore(redis_server.url, timeout=30).client,
+        RedisState(redis_server.url, timeout=30).client,
+        RedisCells(redis_server.url, timeout=30).client,
+    ]
+    wanted = {"socket_connect_timeout": 2.0, "socket_timeout": 30, "decode_responses": True}
+    for client in clients:
+        options = client.connection_pool.connection_kwargs
+        assert {name: options[name] for name in wanted} == wanted
+        client.close()

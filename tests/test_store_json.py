@@ -19,8 +19,9 @@ from filelock import FileLock
 
 from app import create_app
 from app.config import ConfigError
-from app.store.base import Session, StoreError, utcnow
-from app.store.file_store import JsonSessionStore, StoreCorrupt
+from app.errors import StoreCorrupt, StoreError
+from app.store.base import Session, utcnow
+from app.store.file_store import JsonSessionStore
 from app.store.locked_file import LockedJsonFile
 
 WORKER = str(Path(__file__).with_name("store_worker.py"))

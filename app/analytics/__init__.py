@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .db import BUCKETS, SCHEMA_VERSION, AnalyticsError, connect
+# observe.py and api/dashboard.py still take AnalyticsError from here: drop it once they take it from errors.
+from ..errors import AnalyticsError
+from .db import BUCKETS, SCHEMA_VERSION, connect
 from .queries import cleanup, metrics_snapshot, percentile, pid_alive, sessions, summary, timeseries
 from .recorder import Recorder
 from .writer import EVENT_COLUMNS, is_error

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from contextlib import suppress
 
-from ..store.base import StoreError
+from ..errors import AnalyticsError
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,6 @@ CREATE TABLE IF NOT EXISTS totals (
 ) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-
-
-class AnalyticsError(StoreError):
-    """The analytics database cannot be used right now."""
-
-    code = "analytics_unavailable"
 
 
 def connect(path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:

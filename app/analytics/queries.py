@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import AnalyticsError
 from . import db
 from .writer import is_error
 
@@ -217,7 +218,7 @@ def _opened(source: Source) -> Iterator[sqlite3.Connection]:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise db.AnalyticsError(f"The analytics database cannot be read: {exc}.") from None
+        raise AnalyticsError(f"The analytics database cannot be read: {exc}.") from None
 
 
 def _positive(seconds: float) -> float:

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, request
 
 from ..auth import key_matches
 from ..cleanup import cleanup
-from ..errors import AuthenticationError, GatewayError, InvalidRequestError
+from ..errors import AuthenticationError, InvalidRequestError, PermissionDenied
 
 bp = Blueprint("admin", __name__)
 
@@ -16,7 +16,7 @@ MAX_DAYS = 36500
 def _require_cron_token() -> None:
     token = current_app.config["GATEWAY_CRON_TOKEN"]
     if not token:
-        raise GatewayError("Cron clean-up is disabled: set GATEWAY_CRON_TOKEN.", status_code=403, code="cron_disabled")
+        raise PermissionDenied("Cron clean-up is disabled: set GATEWAY_CRON_TOKEN.", code="cron_disabled")
     given = request.headers.get("X-Cron-Token") or request.args.get("token") or ""
     if not given or not key_matches(given, (token,)):
         raise AuthenticationError(

@@ -1,4 +1,4 @@
-"""LMArenaBridge's own files: models.json, config.jsonc and model_endpoint_map.json."""
+"""LMArenaBridge's own files the gateway reads: models.json and config.jsonc."""
 
 from __future__ import annotations
 
@@ -60,7 +60,6 @@ def parse_jsonc(text: str) -> Any:
 @dataclass(frozen=True)
 class BridgeModel:
     name: str
-    lmarena_id: str | None
     kind: str  # "text" or "image", from the "<uuid>:image" suffix
 
 
@@ -72,22 +71,9 @@ def parse_models(data: Any) -> dict[str, BridgeModel]:
     for name, value in data.items():
         if not isinstance(value, str):
             raise ValueError(f"model {name!r} must map to a string id")
-        model_id, _, kind = value.partition(":")
-        models[name] = BridgeModel(name, None if model_id.lower() in ("", "null") else model_id, kind or "text")
+        kind = value.partition(":")[2]
+        models[name] = BridgeModel(name, kind or "text")
     return models
-
-
-def parse_endpoint_map(data: Any) -> dict[str, list[dict]]:
-    """Return model -> list of endpoint entries (the bridge accepts one object or a list)."""
-    if not isinstance(data, dict):
-        raise ValueError("must be a JSON object of model name -> endpoint(s)")
-    result = {}
-    for name, entry in data.items():
-        entries = entry if isinstance(entry, list) else [entry]
-        if not all(isinstance(e, dict) for e in entries):
-            raise ValueError(f"model {name!r} must map to an object or a list of objects")
-        result[name] = entries
-    return result
 
 
 class WatchedFile:
@@ -135,14 +121,11 @@ class WatchedFile:
 class BridgeFiles:
     """The bridge files named in the settings; each is optional."""
 
-    def __init__(self, models_path: str = "", config_path: str = "", map_path: str = "") -> None:
+    def __init__(self, models_path: str = "", config_path: str = "") -> None:
         self._models = models_path and WatchedFile(
             "LMARENA_BRIDGE_MODELS_FILE", models_path, lambda text: parse_models(json.loads(text))
         )
         self._config = config_path and WatchedFile("LMARENA_BRIDGE_CONFIG_FILE", config_path, _parse_config)
-        self._map = map_path and WatchedFile(
-            "LMARENA_BRIDGE_MODEL_MAP_FILE", map_path, lambda text: parse_endpoint_map(json.loads(text))
-        )
 
     @property
     def models(self) -> dict[str, BridgeModel]:
@@ -152,10 +135,6 @@ class BridgeFiles:
     @property
     def config(self) -> dict[str, Any]:
         return self._config.value if self._config else {}
-
-    @property
-    def endpoint_map(self) -> dict[str, list[dict]]:
-        return self._map.value if self._map else {}
 
     @property
     def models_mtime(self) -> int:

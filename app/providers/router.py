@@ -240,11 +240,7 @@ def _shared_state(config):
 def init_app(app: Flask) -> None:
     """Build the providers from the settings; bad bridge files fail here, at start-up."""
     config = app.config
-    files = BridgeFiles(
-        config["LMARENA_BRIDGE_MODELS_FILE"],
-        config["LMARENA_BRIDGE_CONFIG_FILE"],
-        config["LMARENA_BRIDGE_MODEL_MAP_FILE"],
-    )
+    files = BridgeFiles(config["LMARENA_BRIDGE_MODELS_FILE"], config["LMARENA_BRIDGE_CONFIG_FILE"])
 
     def make_bridge(base_url: str) -> LMArenaBridge:
         return LMArenaBridge(_settings(config, "LMARENA_BRIDGE", base_url), files)

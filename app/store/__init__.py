@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from ..config import ConfigError
-from .base import Session, SessionLimitReached, SessionStore, StoreError
+from ..errors import StoreError
+from .base import Session, SessionStore
 
-__all__ = ["Session", "SessionLimitReached", "SessionStore", "StoreError", "get_store", "init_app"]
+__all__ = ["Session", "SessionStore", "get_store", "init_app"]
 
 
 def init_app(app: Flask) -> None:

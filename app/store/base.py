@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import GatewayError, RateLimitError
+# providers/breaker.py and api/dashboard.py still import StoreError from here: drop it once they take it from errors.
+from ..errors import SessionLimitReached, StoreError  # noqa: F401
 
 SCHEMA_VERSION = 1
 # Fields a re-registration may leave as they are (a userscript sends only the ids it captured).
@@ -63,18 +64,6 @@ class Session:
 
     def seen_since(self, moment: datetime) -> bool:
         return seen_since(self.last_seen_at, moment)
-
-
-class StoreError(GatewayError):
-    """The session store cannot be used right now; nothing was changed."""
-
-    status_code = 503
-    type = "api_error"
-    code = "store_unavailable"
-
-
-class SessionLimitReached(RateLimitError):
-    code = "session_limit_reached"
 
 
 class SessionStore:

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import StoreError
+from ..errors import StoreError
+from . import redis_client
 from .locked_file import LockedJsonFile
 
 Record = dict[str, Any]
@@ -56,9 +57,7 @@ class RedisState:
         import redis
 
         self._redis = redis
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=min(timeout, 2.0), socket_timeout=timeout, decode_responses=True
-        )
+        self.client = redis_client.connect(url, timeout)
         self.prefix = prefix
         self._cache: dict[str, tuple[float, Record]] = {}
 

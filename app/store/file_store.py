@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from .base import KEEPABLE, Session, SessionStore, isoformat, limit_error, seen_since
-from .locked_file import LockedJsonFile, StoreCorrupt, Table
+from .locked_file import LockedJsonFile, Table
 
-__all__ = ["JsonSessionStore", "StoreCorrupt"]
+__all__ = ["JsonSessionStore"]
 
 
 def _copy(table: Table) -> Table:

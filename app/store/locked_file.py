@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
-from .base import SCHEMA_VERSION, StoreError
+from ..errors import StoreCorrupt, StoreError
+from .base import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,6 @@ Table = dict[str, dict[str, Any]]
 # Waiters poll the lock; filelock's default 50 ms would cap contended writes at ~20/s per waiter.
 LOCK_POLL = 0.002
 STALE_TEMP_SECONDS = 3600
-
-
-class StoreCorrupt(StoreError):
-    code = "store_corrupt"
 
 
 class LockedJsonFile:

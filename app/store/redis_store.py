@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from .base import KEEPABLE, Session, SessionStore, StoreError, isoformat, limit_error
+from ..errors import StoreError
+from . import redis_client
+from .base import KEEPABLE, Session, SessionStore, isoformat, limit_error
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,7 @@ class RedisSessionStore(SessionStore):
         import redis  # only deployments that choose Redis need the package
 
         self._errors = (redis.exceptions.RedisError, OSError)
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=min(timeout, 2.0), socket_timeout=timeout, decode_responses=True
-        )
+        self.client = redis_client.connect(url, timeout)
         self.prefix = prefix
         self._register = self.client.register_script(_REGISTER)
         self._heartbeat = self.client.register_script(_HEARTBEAT)
