@@ -260,6 +260,11 @@ SETTINGS: tuple[Setting, ...] = (
 SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if s.secret)
 
 
+def storage_file(config: Mapping[str, Any], name: str) -> str:
+    """Return the path of file name in the storage folder, the folder STORAGE_PATH's session file lives in."""
+    return os.path.join(os.path.dirname(config["STORAGE_PATH"]), name)
+
+
 def _shown(setting: Setting, raw: Any) -> str:
     """Return a bad value as it may appear in an error: secrets hidden, URL passwords masked."""
     if setting.secret:

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from app import registration_tokens
+from app.config import storage_file
 
 SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
 
@@ -221,7 +222,7 @@ def test_token_cannot_point_the_gateway_elsewhere_but_keeps_admin_settings(clien
 
 
 def test_secret_is_generated_once_private_and_kept(make_app, app, admin):
-    path = os.path.join(os.path.dirname(app.config["STORAGE_PATH"]), "userscript.secret")
+    path = storage_file(app.config, "userscript.secret")
     assert os.stat(path).st_mode & 0o777 == 0o600
     token = token_of(raw_script(app.test_client(), admin))
     restarted = make_app()  # same storage folder: the same secret
