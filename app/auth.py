@@ -14,9 +14,9 @@ import hmac
 import time
 from collections.abc import Iterable
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 
-from . import registration_tokens
+from . import registration_tokens, signing_secrets
 from .errors import AuthenticationError, GatewayError, PermissionDenied
 
 CLIENT, ADMIN, DASHBOARD, CRON, METRICS = "client", "admin", "dashboard", "cron", "metrics"
@@ -24,6 +24,7 @@ CLIENT, ADMIN, DASHBOARD, CRON, METRICS = "client", "admin", "dashboard", "cron"
 IN_VIEW = None
 
 COOKIE = "gateway_dashboard"
+SECRET_FILE = "dashboard.secret"
 
 
 def _digest(value: str) -> bytes:
@@ -187,7 +188,7 @@ def sign_cookie(secret: bytes, admin_key: str, expires: int) -> str:
 
 def dashboard_cookie(expires: int) -> str:
     """Return the cookie that keeps a browser signed in to the dashboard until expires."""
-    return sign_cookie(current_app.extensions["regtoken_secret"], current_app.config["GATEWAY_ADMIN_KEY"], expires)
+    return sign_cookie(current_app.extensions["dashboard_secret"], current_app.config["GATEWAY_ADMIN_KEY"], expires)
 
 
 def _cookie_ok(value: str) -> bool:
@@ -199,3 +200,7 @@ def _cookie_ok(value: str) -> bool:
     expected = dashboard_cookie(int(expires)).partition(".")[2]
     return signature.isascii() and hmac.compare_digest(signature, expected)
 
+
+def init_app(app: Flask) -> None:
+    """Load the dashboard's cookie secret: GATEWAY_DASHBOARD_SECRET, else one generated once into the storage folder."""
+    app.extensions["dashboard_secret"] = signing_secrets.load(app, "GATEWAY_DASHBOARD_SECRET", SECRET_FILE)

@@ -249,6 +249,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_ANALYTICS_RETENTION_DAYS", 30.0, _number),
     Setting("GATEWAY_METRICS_TOKEN", "", _text, secret=True),
     Setting("GATEWAY_USERSCRIPT_SECRET", "", _text, secret=True),
+    Setting("GATEWAY_DASHBOARD_SECRET", "", _text, secret=True),
     Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
     Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
