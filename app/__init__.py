@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import ratelimit, registration_tokens, request_record, security_headers, store
+from . import auth, ratelimit, registration_tokens, request_record, security_headers, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -63,10 +63,11 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up the session store, analytics, rate limit, providers and CORS."""
+    """Set up the session store, signing secrets, analytics, rate limit, providers and CORS."""
     app.extensions["started"] = time.monotonic()
     store.init_app(app)
     registration_tokens.init_app(app)
+    auth.init_app(app)
     request_record.init_app(app)
     ratelimit.init_app(app)
     router.init_app(app)

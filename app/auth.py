@@ -1,15 +1,30 @@
-"""Client and admin API keys, compared in constant time."""
+"""Every credential check: client and admin keys, the dashboard cookie, cron and metrics tokens, registration tokens.
+
+One guard style: each blueprint that needs a credential registers one `Guard(...)` with `bp.before_request`, naming
+what its views need and which views differ. A guard only sees the request line and headers, so two checks run inside
+the views that need them, through this module: a registration token covers one session, which the view learns from
+the body or the link (`require_session`, `script_token`); and the pages that take the admin key in a form ask
+`admin_key_ok` or `form_admin_key_ok`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 
-from . import registration_tokens
+from . import registration_tokens, signing_secrets
 from .errors import AuthenticationError, PermissionDenied
+
+CLIENT, ADMIN, DASHBOARD, CRON, METRICS = "client", "admin", "dashboard", "cron", "metrics"
+# A view with nothing for its guard to check: it is public, or it checks a registration token or a form itself.
+IN_VIEW = None
+
+COOKIE = "gateway_dashboard"
+SECRET_FILE = "dashboard.secret"
 
 
 def _digest(value: str) -> bytes:
@@ -43,7 +58,7 @@ def provided_admin_key() -> str:
 def require_client_key() -> None:
     """Reject a /v1 request without a valid client key, unless the gateway runs open."""
     keys = current_app.config["GATEWAY_API_KEYS"]
-    if not keys or request.method == "OPTIONS":
+    if not keys:
         return
     key = provided_key()
     if not key:
@@ -55,7 +70,7 @@ def require_client_key() -> None:
 def require_admin() -> None:
     """Reject a management request without the admin key, when one is configured."""
     admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
-    if not admin_key or request.method == "OPTIONS":
+    if not admin_key:
         return
     key = provided_admin_key()
     if not key:
@@ -64,7 +79,62 @@ def require_admin() -> None:
         raise AuthenticationError("Incorrect admin key provided.")
 
 
-def require_admin_or_token(domain: str, name: str) -> bool:
+def require_dashboard() -> None:
+    """Reject a dashboard request without the admin key in a header or a signed-in cookie, when a key is set."""
+    admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
+    if not admin_key:
+        return
+    given = provided_admin_key()
+    # A key in a header decides alone: a wrong one is not rescued by a cookie.
+    if key_matches(given, (admin_key,)) if given else _cookie_ok(request.cookies.get(COOKIE, "")):
+        return
+    raise AuthenticationError("Sign in to the dashboard with the admin key.")
+
+
+def require_cron_token() -> None:
+    """Reject a cron call without GATEWAY_CRON_TOKEN (header or ?token=); refuse every call when it is unset."""
+    token = current_app.config["GATEWAY_CRON_TOKEN"]
+    if not token:
+        raise PermissionDenied("Cron clean-up is disabled: set GATEWAY_CRON_TOKEN.", code="cron_disabled")
+    given = request.headers.get("X-Cron-Token") or request.args.get("token") or ""
+    if not given or not key_matches(given, (token,)):
+        raise AuthenticationError(
+            "Missing or wrong cron token (X-Cron-Token header or ?token=).", code="invalid_cron_token"
+        )
+
+
+def require_metrics_token() -> None:
+    """Reject a metrics scrape without GATEWAY_METRICS_TOKEN, when it is set."""
+    token = current_app.config["GATEWAY_METRICS_TOKEN"]
+    if token and not key_matches(provided_key(), (token,)):
+        raise AuthenticationError("Missing or wrong metrics token ('Authorization: Bearer <GATEWAY_METRICS_TOKEN>').")
+
+
+CHECKS = {
+    CLIENT: require_client_key,
+    ADMIN: require_admin,
+    DASHBOARD: require_dashboard,
+    CRON: require_cron_token,
+    METRICS: require_metrics_token,
+}
+
+
+class Guard:
+    """A blueprint's before_request check: `needs` of every view, except the views named in `views`."""
+
+    def __init__(self, needs: str | None, **views: str | None) -> None:
+        self.needs, self.views = needs, views
+
+    def __call__(self) -> None:
+        # A CORS preflight carries no credentials, and Flask answers OPTIONS without running the view.
+        if request.method == "OPTIONS":
+            return
+        needs = self.views.get(request.endpoint.rpartition(".")[2], self.needs)
+        if needs is not None:
+            CHECKS[needs]()
+
+
+def require_session(domain: str, name: str) -> bool:
     """Accept the admin key, or a userscript's registration token covering (domain, name); True for a token."""
     token = request.headers.get("X-Registration-Token", "").strip()
     if not token or not current_app.config["GATEWAY_ADMIN_KEY"]:
@@ -77,3 +147,60 @@ def require_admin_or_token(domain: str, name: str) -> bool:
     if not registration_tokens.allows(token, domain, name):
         raise PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
     return True
+
+
+def script_token(session_name: str, domains: Iterable[str]) -> str | None:
+    """Return the script link's ?token= when it covers the session on domains; else require the admin key (None)."""
+    token = request.args.get("token", "")
+    covered = registration_tokens.scope(current_app.extensions["regtoken_secret"], token) if token else None
+    if covered is not None and covered[0] == session_name and set(domains) <= covered[1]:
+        return token
+    if current_app.config["GATEWAY_ADMIN_KEY"]:
+        if request.headers.get("Authorization") or request.headers.get("X-Admin-Key"):
+            require_admin()
+        else:
+            raise AuthenticationError(
+                "This script link is not valid (or its token was revoked): generate it "
+                "again from /userscript/generate.",
+                code="invalid_registration_token",
+            )
+    return None
+
+
+def admin_key_ok(given: str) -> bool:
+    """Return whether given (typed into a form, say) is the admin key; True when none is configured."""
+    admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
+    return not admin_key or (bool(given) and key_matches(given, (admin_key,)))
+
+
+def form_admin_key_ok() -> bool:
+    """Return whether a page's form may act as admin: no key set, or it came in the admin_key field or a header."""
+    return admin_key_ok(request.form.get("admin_key", "") or request.headers.get("X-Admin-Key", "") or provided_key())
+
+
+def sign_cookie(secret: bytes, admin_key: str, expires: int) -> str:
+    """Return a dashboard cookie good until expires, bound to the admin key and signed with secret."""
+    # Changing the admin key or the secret signs every browser out.
+    admin = hashlib.sha256(admin_key.encode("utf-8", "surrogatepass")).hexdigest()
+    signature = hmac.new(secret, f"dashboard.{expires}.{admin}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{signature}"
+
+
+def dashboard_cookie(expires: int) -> str:
+    """Return the cookie that keeps a browser signed in to the dashboard until expires."""
+    return sign_cookie(current_app.extensions["dashboard_secret"], current_app.config["GATEWAY_ADMIN_KEY"], expires)
+
+
+def _cookie_ok(value: str) -> bool:
+    expires, _, signature = value.partition(".")
+    # isdigit() alone admits digits such as '²' that int() refuses: a forged cookie must not be a 500.
+    if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
+        return False
+    # compare_digest refuses non-ASCII text, and no genuine cookie has any.
+    expected = dashboard_cookie(int(expires)).partition(".")[2]
+    return signature.isascii() and hmac.compare_digest(signature, expected)
+
+
+def init_app(app: Flask) -> None:
+    """Load the dashboard's cookie secret: GATEWAY_DASHBOARD_SECRET, else one generated once into the storage folder."""
+    app.extensions["dashboard_secret"] = signing_secrets.load(app, "GATEWAY_DASHBOARD_SECRET", SECRET_FILE)

@@ -251,6 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_ANALYTICS_RETENTION_DAYS", 30.0, _number),
     Setting("GATEWAY_METRICS_TOKEN", "", _text, secret=True),
     Setting("GATEWAY_USERSCRIPT_SECRET", "", _text, secret=True),
+    Setting("GATEWAY_DASHBOARD_SECRET", "", _text, secret=True),
     Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
     Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
@@ -267,6 +268,11 @@ RETIRED_SETTINGS = {
         "LMArenaBridge applies its own model_endpoint_map.json and the gateway has no use for it"
     ),
 }
+
+
+def storage_file(config: Mapping[str, Any], name: str) -> str:
+    """Return the path of file name in the storage folder, the folder STORAGE_PATH's session file lives in."""
+    return os.path.join(os.path.dirname(config["STORAGE_PATH"]), name)
 
 
 def _shown(setting: Setting, raw: Any) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from flask import Flask, after_this_request, current_app, request
 
 from .auth import provided_key
-from .config import ConfigError
+from .config import ConfigError, storage_file
 from .errors import RateLimitError
 from .store import redis_client
 
@@ -190,7 +190,7 @@ def init_app(app: Flask) -> None:
     if config["SESSION_STORE"] == "redis":
         cells = RedisCells(config["REDIS_URL"], timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
     else:
-        path = os.path.join(os.path.dirname(config["STORAGE_PATH"]), FILE_NAME)
+        path = storage_file(config, FILE_NAME)
         try:
             cells = SQLiteCells(path)
         except (OSError, sqlite3.Error) as exc:

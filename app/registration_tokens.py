@@ -6,17 +6,11 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
-import os
-import secrets
-import time
 from collections.abc import Iterable
 
 from flask import Flask, current_app
 
-from .config import ConfigError
-
-log = logging.getLogger(__name__)
+from . import signing_secrets
 
 PREFIX = "v1"
 SECRET_FILE = "userscript.secret"
@@ -64,34 +58,4 @@ def allows(token: str, domain: str, session_name: str) -> bool:
 
 def init_app(app: Flask) -> None:
     """Load the signing secret: GATEWAY_USERSCRIPT_SECRET, else one generated once into the storage folder."""
-    configured = app.config["GATEWAY_USERSCRIPT_SECRET"]
-    if configured:
-        app.extensions["regtoken_secret"] = configured.encode()
-        return
-    path = os.path.join(os.path.dirname(app.config["STORAGE_PATH"]), SECRET_FILE)
-    try:
-        app.extensions["regtoken_secret"] = _read_or_create(path)
-    except OSError as exc:
-        raise ConfigError(f"GATEWAY_USERSCRIPT_SECRET is empty and {path} cannot be created: {exc.strerror}") from None
-
-
-def _read_or_create(path: str) -> bytes:
-    try:
-        # O_EXCL: when several Passenger processes start together, exactly one writes the secret.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        # Another process may have created it a moment ago and still be writing: wait for it, briefly.
-        for _ in range(100):
-            with open(path, "rb") as f:
-                secret = f.read().strip()
-            if secret:
-                return secret
-            time.sleep(0.01)
-        raise OSError(0, "it is empty") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_urlsafe(48).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    log.info("generated the userscript token secret in %s (delete it to revoke every issued script)", path)
-    with open(path, "rb") as f:
-        return f.read().strip()
+    app.extensions["regtoken_secret"] = signing_secrets.load(app, "GATEWAY_USERSCRIPT_SECRET", SECRET_FILE)

@@ -11,8 +11,9 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from .analytics import AnalyticsError, Recorder
+from .analytics import Recorder
 from .config import ConfigError
+from .errors import AnalyticsError
 
 log = logging.getLogger("app.requests")
 

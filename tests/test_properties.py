@@ -1,4 +1,4 @@
-"""Properties (hypothesis): SSE framing, upstream streams, request and session validation, tokens, request ids.
+"""Properties (hypothesis): SSE framing, upstream streams, request and session validation, request ids.
 
 Tests that need an app build it once from the conftest fixtures and run an inner @given function over it, so every
 generated example shares that app (function-scoped fixtures are not reset between examples).
@@ -18,7 +18,7 @@ import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import registration_tokens, sse
+from app import sse
 from app.config import SETTINGS
 from app.errors import GatewayError, InvalidRequestError
 from app.providers.base import ChatRequest, ProviderSettings
@@ -618,52 +618,7 @@ def test_register_rejects_traversal_and_lookalike_names(app, client, admin, name
         assert get_store().list() == []
 
 
-# 5. Registration tokens
-
-
-secret_keys = st.binary(min_size=1, max_size=64)
-domain_sets = st.frozensets(st.sampled_from(DOMAINS), min_size=1)
-
-
-@settings(REPRODUCIBLE, max_examples=300)
-@given(
-    secret=secret_keys,
-    other=secret_keys,
-    name=valid_names.filter(lambda n: n.strip(".")),
-    domains=domain_sets,
-    data=st.data(),
-)
-def test_regtoken_scope_reads_back_only_genuine_tokens(secret, other, name, domains, data):
-    token = registration_tokens.mint(secret, name, domains)
-    assert registration_tokens.scope(secret, token) == (name, domains)
-    if other != secret:
-        assert registration_tokens.scope(secret, registration_tokens.mint(other, name, domains)) is None
-    at = data.draw(st.integers(0, len(token) - 1))
-    changed = data.draw(st.characters().filter(lambda c: c != token[at]))
-    assert registration_tokens.scope(secret, token[:at] + changed + token[at + 1 :]) is None
-
-
-@settings(REPRODUCIBLE, max_examples=300)
-@given(secret=secret_keys, token=st.text() | st.builds("v1.{}.{}".format, st.text(max_size=20), st.text(max_size=50)))
-def test_regtoken_scope_of_any_string_is_none(secret, token):
-    assert registration_tokens.scope(secret, token) is None
-
-
-def test_register_with_any_token_is_refused_cleanly(client):
-    @settings(REPRODUCIBLE, max_examples=60)
-    @given(token=st.text(min_size=1) | st.builds("v1.{}.{}".format, st.text(max_size=20), st.text(max_size=50)))
-    def check(token):
-        # A server hands header bytes to the app as latin-1 text (PEP 3333).
-        native = token.encode("utf-8").decode("latin-1")
-        body = {"domain": DOMAINS[0], "session_name": "a", "session_id": ZERO_ID, "message_id": ZERO_ID}
-        response = client.post("/session/register", json=body, environ_overrides={"HTTP_X_REGISTRATION_TOKEN": native})
-        assert response.status_code == 401  # no token is genuine, and the admin key is not sent
-        assert_openai_error(response.get_json())
-
-    check()
-
-
-# 6. Request ids
+# 5. Request ids
 
 
 request_ids = st.from_regex(SAFE_REQUEST_ID, fullmatch=True) | st.text() | st.text(min_size=129, max_size=300)

@@ -14,7 +14,8 @@ ADMIN = "sk-admin-0d8e4b2a6c"
 CRON = "cron-token-5c1f9e7a3d"
 METRICS = "metrics-token-2b6d0f8c4e"
 USERSCRIPT = "userscript-secret-9a4c7e1b3f"
-SECRETS = (CLIENT, ADMIN, CRON, METRICS, USERSCRIPT, BRIDGE_KEY, YUPP_KEY)
+DASHBOARD = "dashboard-secret-6e2a8c4f0b"
+SECRETS = (CLIENT, ADMIN, CRON, METRICS, USERSCRIPT, DASHBOARD, BRIDGE_KEY, YUPP_KEY)
 HI = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
 YUPP_MODEL = "Claude Sonnet 4\n☀️ | 🆕"  # yupp2Api's ids hold newlines and emoji
 SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
@@ -33,6 +34,7 @@ def gateway(make_app, with_yupp):
         GATEWAY_CRON_TOKEN=CRON,
         GATEWAY_METRICS_TOKEN=METRICS,
         GATEWAY_USERSCRIPT_SECRET=USERSCRIPT,
+        GATEWAY_DASHBOARD_SECRET=DASHBOARD,
         GATEWAY_RATE_LIMIT_PER_MINUTE=1000,
         LOG_REQUESTS=True,
         DEBUG_MODE=True,
@@ -68,6 +70,7 @@ def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp
         client.get("/dashboard", headers=admin),
         client.post("/cron/cleanup", headers={"X-Cron-Token": CRON}),
         client.get("/userscript/generate", query_string={"session_name": "team-a", "format": "raw"}, headers=admin),
+        client.post("/dashboard/login", data={"admin_key": ADMIN}),
     ]
     # Upstreams that refuse the gateway's key, fail, or say odd things: their errors must not echo a key back.
     bridge.api_key = "sk-rotated-upstream"

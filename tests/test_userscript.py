@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
@@ -218,14 +217,6 @@ def test_token_cannot_point_the_gateway_elsewhere_but_keeps_admin_settings(clien
     session = register(client, token, message_id=new_mid).get_json()["session"]
     assert session["message_id"] == new_mid
     assert {k: session[k] for k in admin_set} == admin_set
-
-
-def test_secret_is_generated_once_private_and_kept(make_app, app, admin):
-    path = os.path.join(os.path.dirname(app.config["STORAGE_PATH"]), "userscript.secret")
-    assert os.stat(path).st_mode & 0o777 == 0o600
-    token = token_of(raw_script(app.test_client(), admin))
-    restarted = make_app()  # same storage folder: the same secret
-    assert register(restarted.test_client(), token).status_code == 201
 
 
 def test_sub_uri_deployment_keeps_the_prefix_once(client, admin):

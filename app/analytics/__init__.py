@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-# observe.py and api/dashboard.py still take AnalyticsError from here: drop it once they take it from errors.
-from ..errors import AnalyticsError
 from .db import BUCKETS, SCHEMA_VERSION, connect
 from .queries import cleanup, metrics_snapshot, percentile, pid_alive, sessions, summary, timeseries
 from .recorder import Recorder
@@ -13,7 +11,6 @@ __all__ = [
     "BUCKETS",
     "EVENT_COLUMNS",
     "SCHEMA_VERSION",
-    "AnalyticsError",
     "Recorder",
     "cleanup",
     "connect",

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
-from ..auth import key_matches
+from ..auth import CRON, Guard
 from ..cleanup import cleanup
-from ..errors import AuthenticationError, InvalidRequestError, PermissionDenied
+from ..errors import InvalidRequestError
 
 bp = Blueprint("admin", __name__)
+bp.before_request(Guard(CRON))
 
 MAX_DAYS = 36500
-
-
-def _require_cron_token() -> None:
-    token = current_app.config["GATEWAY_CRON_TOKEN"]
-    if not token:
-        raise PermissionDenied("Cron clean-up is disabled: set GATEWAY_CRON_TOKEN.", code="cron_disabled")
-    given = request.headers.get("X-Cron-Token") or request.args.get("token") or ""
-    if not given or not key_matches(given, (token,)):
-        raise AuthenticationError(
-            "Missing or wrong cron token (X-Cron-Token header or ?token=).", code="invalid_cron_token"
-        )
 
 
 def _days() -> float | None:
@@ -41,6 +31,5 @@ def _days() -> float | None:
 @bp.route("/cron/cleanup", methods=["GET", "POST"])
 def cron_cleanup():
     """Remove sessions not seen for GATEWAY_SESSION_CLEANUP_DAYS (?days=N, ?dry_run=1); say what went."""
-    _require_cron_token()
     dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
     return cleanup(_days(), dry_run)

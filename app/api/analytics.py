@@ -9,13 +9,15 @@ from flask import Blueprint, Response, current_app, request
 
 from .. import analytics, request_record
 from ..analytics.prometheus import CONTENT_TYPE, render
-from ..auth import key_matches, provided_key, require_admin, require_admin_or_token
-from ..errors import AuthenticationError, InvalidRequestError, NotFoundError
+from ..auth import ADMIN, IN_VIEW, METRICS, Guard, require_session
+from ..errors import InvalidRequestError, NotFoundError
 from ..request_record import recorder
 from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
 
 bp = Blueprint("analytics", __name__)
+# A userscript's event may come with its registration token, which covers the session named in the body.
+bp.before_request(Guard(ADMIN, custom_event=IN_VIEW, metrics=METRICS))
 
 _WINDOW = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,7 +44,6 @@ def parse_window(raw: str) -> float:
 @bp.get("/analytics/summary")
 def summary():
     """Per provider and model over ?window= (default 1h): requests, error rate, latency p50/p95, TTFB p50."""
-    require_admin()
     window = parse_window(request.args.get("window", "1h"))
     return {"object": "list", "window_seconds": window, "data": analytics.summary(_database(), window)}
 
@@ -50,7 +51,6 @@ def summary():
 @bp.get("/analytics/sessions")
 def sessions():
     """Per session and domain: requests, errors, last seen, tokens."""
-    require_admin()
     return {"object": "list", "data": analytics.sessions(_database())}
 
 
@@ -63,7 +63,7 @@ def custom_event():
     """Record a userscript's event (capture, heartbeat, error, info) for its session; token-scoped like register."""
     body = read_json_body(MAX_EVENT_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
-    require_admin_or_token(domain, name)
+    require_session(domain, name)
     kind = body.get("kind")
     if kind not in EVENT_KINDS:
         raise InvalidRequestError(f"'kind' must be one of {', '.join(EVENT_KINDS)}.", param="kind")
@@ -90,7 +90,4 @@ def custom_event():
 @bp.get("/metrics")
 def metrics():
     """Prometheus metrics summed over every gateway process (Bearer GATEWAY_METRICS_TOKEN when set)."""
-    token = current_app.config["GATEWAY_METRICS_TOKEN"]
-    if token and not key_matches(provided_key(), (token,)):
-        raise AuthenticationError("Missing or wrong metrics token ('Authorization: Bearer <GATEWAY_METRICS_TOKEN>').")
     return Response(render(analytics.metrics_snapshot(_database())), content_type=CONTENT_TYPE)

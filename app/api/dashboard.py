@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 from contextlib import closing
@@ -13,52 +11,26 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 
 from .. import analytics
 from ..analytics.charts import bucket_layout, latency_chart, requests_chart
-from ..auth import key_matches, provided_admin_key
-from ..errors import InvalidRequestError
+from ..auth import COOKIE, DASHBOARD, IN_VIEW, Guard, admin_key_ok, dashboard_cookie
+from ..errors import AnalyticsError, AuthenticationError, InvalidRequestError, StoreError
 from ..providers.router import get_router
 from ..request_record import recorder
 from ..security_headers import PAGE_HEADERS
 from ..session_rules import active_since
 from ..store import get_store
-from ..store.base import StoreError
 from ..version import __version__
 from .analytics import parse_window
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+# Signing in and out is open: the sign-in form checks the key it is sent.
+bp.before_request(Guard(DASHBOARD, login=IN_VIEW, logout=IN_VIEW))
 log = logging.getLogger(__name__)
 
-COOKIE = "gateway_dashboard"
 SIGN_IN_SECONDS = 12 * 3600
 WINDOWS = ("1h", "6h", "24h", "7d")
 REFRESH_RANGE = (5, 3600)
 DEFAULT_REFRESH = 30
 MAX_SESSION_ROWS = 200
-
-
-def _signature(expires: int) -> str:
-    # Bound to the admin key and the gateway's secret: changing either signs every browser out.
-    admin = hashlib.sha256(current_app.config["GATEWAY_ADMIN_KEY"].encode("utf-8", "surrogatepass")).hexdigest()
-    message = f"dashboard.{expires}.{admin}".encode()
-    return hmac.new(current_app.extensions["regtoken_secret"], message, hashlib.sha256).hexdigest()
-
-
-def _cookie_ok(value: str) -> bool:
-    expires, _, signature = value.partition(".")
-    # isdigit() alone admits digits such as '²' that int() refuses: a forged cookie must not be a 500.
-    if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
-        return False
-    return hmac.compare_digest(signature, _signature(int(expires)))
-
-
-def _signed_in() -> bool:
-    """Return whether the request may see the dashboard: open gateway, admin key in a header, or a signed cookie."""
-    admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
-    if not admin_key:
-        return True
-    given = provided_admin_key()
-    if given:
-        return key_matches(given, (admin_key,))
-    return _cookie_ok(request.cookies.get(COOKIE, ""))
 
 
 def _choice(value: str | None) -> str | None:
@@ -82,11 +54,15 @@ def _login_page(status: int, error: str | None = None):
     )
 
 
+@bp.errorhandler(AuthenticationError)
+def _sign_in(_error: AuthenticationError):
+    # A browser that is not signed in gets the sign-in form, not the JSON error.
+    return _login_page(401)
+
+
 @bp.get("")
 def index():
     """Show charts of requests and latency, per-model figures, provider status and sessions."""
-    if not _signed_in():
-        return _login_page(401)
     error, window_label = None, request.args.get("window", "1h")
     try:
         window = parse_window(window_label)
@@ -116,14 +92,14 @@ def login():
     if not admin_key:
         return redirect(target, 303)
     given = request.form.get("admin_key", "").strip()
-    if not given or not key_matches(given, (admin_key,)):
+    if not admin_key_ok(given):
         log.warning("dashboard sign-in refused from %s", request.remote_addr)
         return _login_page(401, "That is not the admin key." if given else "Enter the admin key.")
     expires = int(time.time()) + SIGN_IN_SECONDS
     response = redirect(target, 303)
     response.set_cookie(
         COOKIE,
-        f"{expires}.{_signature(expires)}",
+        dashboard_cookie(expires),
         max_age=SIGN_IN_SECONDS,
         path=url_for("dashboard.index"),
         secure=_https(),
@@ -162,7 +138,7 @@ def _traffic(window: float) -> dict[str, Any]:
             summary = analytics.summary(conn, window)
             usage = analytics.sessions(conn, limit=MAX_SESSION_ROWS * 5)
             streams = analytics.metrics_snapshot(conn)["active_streams_total"]
-    except analytics.AnalyticsError as exc:
+    except AnalyticsError as exc:
         result["analytics_note"] = exc.message
         return result
     requests_total = sum(row["requests"] for row in summary)

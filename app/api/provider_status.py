@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from ..auth import require_admin
+from ..auth import ADMIN, Guard
 from ..providers.router import get_router
 
 bp = Blueprint("providers", __name__, url_prefix="/providers")
-bp.before_request(require_admin)
+bp.before_request(Guard(ADMIN))
 
 
 @bp.get("/status")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from ..auth import require_admin, require_admin_or_token
+from ..auth import ADMIN, IN_VIEW, Guard, require_session
 from ..errors import NotFoundError, PermissionDenied
 from ..session_rules import active_since, check_domain, check_name, parse_registration, to_api
 from ..store import get_store
@@ -12,6 +12,8 @@ from ..store.base import KEEPABLE, utcnow
 from ..validation import read_json_body
 
 bp = Blueprint("sessions", __name__, url_prefix="/session")
+# A userscript registers and heartbeats with its token, which covers the session named in the body.
+bp.before_request(Guard(ADMIN, register=IN_VIEW, heartbeat=IN_VIEW))
 
 # A registration is a few hundred bytes; there is no reason to accept megabytes.
 MAX_BODY = 64 * 1024
@@ -26,7 +28,7 @@ def register():
     """Create or update a session, marking it seen; 201 when new."""
     body = read_json_body(MAX_BODY)
     session = parse_registration(body)
-    if require_admin_or_token(session.domain, session.session_name) and KEEPABLE & body.keys():
+    if require_session(session.domain, session.session_name) and KEEPABLE & body.keys():
         # A userscript's token may report ids, not point the gateway at another bridge.
         raise PermissionDenied("Only the admin key may set bridge_base_url or models.")
     stored, created = get_store().register(
@@ -44,7 +46,7 @@ def heartbeat():
     """Mark a session seen now, so it keeps counting as active."""
     body = read_json_body(MAX_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
-    require_admin_or_token(domain, name)
+    require_session(domain, name)
     session = get_store().heartbeat(domain, name, now=utcnow())
     if session is None:
         raise _missing(domain, name)
@@ -54,7 +56,6 @@ def heartbeat():
 @bp.get("/list")
 def list_sessions():
     """List sessions, of one domain with ?domain=."""
-    require_admin()
     domain = request.args.get("domain")
     sessions = get_store().list(check_domain(domain) if domain else None)
     return {"object": "list", "data": [to_api(s) for s in sessions], "count": len(sessions)}
@@ -63,7 +64,6 @@ def list_sessions():
 @bp.get("/<domain>/<name>")
 def show(domain: str, name: str):
     """Show one session."""
-    require_admin()
     domain, name = check_domain(domain), check_name(name)
     session = get_store().get(domain, name)
     if session is None:
@@ -74,7 +74,6 @@ def show(domain: str, name: str):
 @bp.delete("/<domain>/<name>")
 def delete(domain: str, name: str):
     """Delete one session."""
-    require_admin()
     domain, name = check_domain(domain), check_name(name)
     if not get_store().delete(domain, name):
         raise _missing(domain, name)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
 from .. import registration_tokens
-from ..auth import key_matches, provided_key, require_admin
+from ..auth import form_admin_key_ok, script_token
 from ..errors import AuthenticationError, InvalidRequestError
 from ..security_headers import PAGE_HEADERS
 from ..session_rules import check_domain, check_name
@@ -102,15 +102,6 @@ def render_script(options: Options, token: str) -> str:
     )
 
 
-def _admin_ok() -> bool:
-    """Return whether this request may mint tokens: no admin key configured, or it was given (header or form)."""
-    admin_key = current_app.config["GATEWAY_ADMIN_KEY"]
-    if not admin_key:
-        return True
-    given = request.form.get("admin_key", "") or request.headers.get("X-Admin-Key", "") or provided_key()
-    return bool(given) and key_matches(given, (admin_key,))
-
-
 def _wants_script() -> bool:
     accept = request.accept_mimetypes
     return request.values.get("format") == "raw" or (
@@ -149,7 +140,7 @@ def _generate(advanced: bool):
         if _wants_script():
             raise
         return render_template("userscript/install.html", **page, error=exc.message), 400, PAGE_HEADERS
-    if not _admin_ok():
+    if not form_admin_key_ok():
         if _wants_script():
             raise AuthenticationError("Generating a userscript needs the admin key.")
         error = (
@@ -186,18 +177,7 @@ def advanced_generate():
 def script(session_name: str):
     """Serve the script Tampermonkey installs and later updates from; the token in the URL authorises it."""
     options = parse_options(request.args, session_name)
-    token = request.args.get("token", "")
-    secret = current_app.extensions["regtoken_secret"]
-    covered = registration_tokens.scope(secret, token) if token else None
-    if covered is None or covered[0] != options.session_name or not set(options.domains) <= covered[1]:
-        if current_app.config["GATEWAY_ADMIN_KEY"]:
-            if request.headers.get("Authorization") or request.headers.get("X-Admin-Key"):
-                require_admin()
-            else:
-                raise AuthenticationError(
-                    "This script link is not valid (or its token was revoked): generate it "
-                    "again from /userscript/generate.",
-                    code="invalid_registration_token",
-                )
-        token = registration_tokens.mint(secret, options.session_name, options.domains)
+    token = script_token(options.session_name, options.domains) or registration_tokens.mint(
+        current_app.extensions["regtoken_secret"], options.session_name, options.domains
+    )
     return _script_response(render_script(options, token), options.session_name)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from ..auth import require_client_key
+from ..auth import CLIENT, Guard
 from ..ratelimit import limit_client
 from . import chat, images, models
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
-bp.before_request(require_client_key)
+bp.before_request(Guard(CLIENT))
 bp.before_request(limit_client)  # after the key check: only real keys are counted
 bp.register_blueprint(chat.bp)
 bp.register_blueprint(images.bp)

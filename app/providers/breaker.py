@@ -8,8 +8,8 @@ import time
 from datetime import UTC
 from typing import Any
 
-from ..errors import GatewayError
-from ..store.base import StoreError, isoformat, utcnow
+from ..errors import GatewayError, StoreError
+from ..store.base import isoformat, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from ..errors import (
     GatewayError,
-    InvalidRequestError,
     RateLimitError,
+    RequestTooLarge,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -50,10 +50,8 @@ def bridge_error(text: str) -> GatewayError:
             retry_after=5,
         )
     if _TOO_LARGE in text:
-        return InvalidRequestError(
-            "An attachment exceeds lmarena.ai's size limit (about 5 MB)" + said,
-            status_code=413,
-            code="attachment_too_large",
+        return RequestTooLarge(
+            "An attachment exceeds lmarena.ai's size limit (about 5 MB)" + said, code="attachment_too_large"
         )
     if _TIMED_OUT.search(text):
         return UpstreamTimeout("lmarena.ai did not answer in time" + said)

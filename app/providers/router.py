@@ -12,8 +12,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from ..config import PROVIDER_NAMES, ConfigError
-from ..errors import GatewayError, InvalidRequestError, NotFoundError
-from ..store.locked_file import StoreCorrupt
+from ..errors import GatewayError, InvalidRequestError, NotFoundError, StoreCorrupt
 from .base import Provider, ProviderSettings
 from .breaker import Breaker
 from .bridge_files import BridgeFiles

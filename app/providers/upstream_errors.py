@@ -11,6 +11,7 @@ from ..errors import (
     InvalidRequestError,
     NotFoundError,
     RateLimitError,
+    RequestTooLarge,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -120,7 +121,7 @@ def status_error(label: str, status: int, said: str, headers: Any) -> GatewayErr
     if status == 404:
         return NotFoundError(f"{label}: {said}", param="model", code="model_not_found")
     if status == 413:
-        return InvalidRequestError(f"{label}: {said}", status_code=413, code="request_too_large")
+        return RequestTooLarge(f"{label}: {said}")
     if 400 <= status < 500:
         return InvalidRequestError(
             f"{label} rejected the request: {said}", status_code=400 if status == 422 else status

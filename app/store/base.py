@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-# providers/breaker.py and api/dashboard.py still import StoreError from here: drop it once they take it from errors.
-from ..errors import SessionLimitReached, StoreError  # noqa: F401
+from ..errors import SessionLimitReached
 
 SCHEMA_VERSION = 1
 # Fields a re-registration may leave as they are (a userscript sends only the ids it captured).
