@@ -261,13 +261,23 @@ def test_wrong_yupp_key_is_502_and_not_retried(gateway, openai_for, yupp):
     assert len(chats(yupp)) == 1
 
 
-def test_model_ids_are_built_once_until_a_list_changes(make_app, with_yupp, yupp):
-    router = make_app(**with_yupp).extensions["router"]
-    bridge_provider, yupp_provider = router.providers
+def test_model_ids_are_built_once_until_a_list_changes(make_app, with_yupp, yupp, bridge, tmp_path):
+    models_file = tmp_path / "models.json"
+    models_file.write_text(json.dumps({"from-file": "00000000-0000-0000-0000-000000000001"}))
+    app = make_app(**with_yupp, LMARENA_BRIDGE_MODELS_FILE=str(models_file))
+    bridge_provider, yupp_provider = app.extensions["router"].providers
     first = bridge_provider.known_models()
-    assert first and "gpt-5" in first
+    assert first and {"gpt-5", "from-file"} <= first
     assert bridge_provider.known_models() is first  # the same set: nothing rebuilt per request
     assert yupp_provider.known_models() is yupp_provider.known_models()
-    # What a refresh does: put a new list in the cache.
-    bridge_provider._remote_models._value = [*bridge_provider._remote_models._value, {"id": "new-model"}]
+
+    # The bridge lists a new model and the cached list is refreshed: routing sees it.
+    bridge.models["new-model"] = "00000000-0000-0000-0000-000000000002"
+    bridge_provider._remote_models._refresh()
     assert "new-model" in bridge_provider.known_models()
+
+    # models.json is edited (a new size and mtime) and its throttled check is due: routing sees that too.
+    models_file.write_text(json.dumps({"edited-in-file": "00000000-0000-0000-0000-000000000003"}))
+    bridge_provider.files._models._next_check = 0.0
+    after_edit = bridge_provider.known_models()
+    assert "edited-in-file" in after_edit and "from-file" not in after_edit

@@ -111,23 +111,24 @@ class Provider:
         """Return OpenAI model objects this provider serves; raise GatewayError when it cannot say."""
         raise NotImplementedError
 
-    def model_sources(self) -> tuple | None:
-        """Return the cached objects models() is built from, so known_models() can reuse its set (None: don't)."""
+    def models_version(self) -> tuple[int, ...] | None:
+        """Return what changes whenever a list models() is built from is replaced (None: rebuild every time)."""
         return None
 
     def known_models(self) -> frozenset[str] | None:
         """Return the ids this provider serves, or None when it cannot say right now (never waits long)."""
-        # Routing asks on every request: rebuild the set only when a source list was replaced (refreshed).
-        sources = self.model_sources()
+        # perf: routing asks on every request, and building the set cost ~35 us with 50 models (bench/ profiles);
+        # it is rebuilt only when a source list's version moves on.
+        version = self.models_version()
         known = getattr(self, "_known_models", None)
-        if sources is not None and known is not None and all(a is b for a, b in zip(known[0], sources, strict=True)):
+        if version is not None and known is not None and known[0] == version:
             return known[1]
         try:
             ids = frozenset(m["id"] for m in self.models())
         except Exception:  # an unknown list routes like an unknown provider: it may still serve the model
             return None
-        if sources is not None:
-            self._known_models = (sources, ids)
+        if version is not None:
+            self._known_models = (version, ids)
         return ids
 
     def health(self) -> dict[str, Any]:

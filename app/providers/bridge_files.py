@@ -85,6 +85,7 @@ class WatchedFile:
         self._next_check = 0.0
         self._signature: tuple[float, int] | None = None
         self._value: Any = None
+        self.version = 0  # counts loads: what was built from the value is stale once it changes
         try:
             self._load()
         except (OSError, ValueError) as exc:
@@ -95,6 +96,7 @@ class WatchedFile:
         with open(self.path, encoding="utf-8-sig") as f:
             value = self._parse(f.read())
         self._value, self._signature = value, (stat.st_mtime, stat.st_size)
+        self.version += 1
 
     @property
     def mtime(self) -> float:
@@ -129,8 +131,15 @@ class BridgeFiles:
 
     @property
     def models(self) -> dict[str, BridgeModel]:
-        # The same empty dict each time: routing caches by identity what it built from this.
-        return self._models.value if self._models else _NO_MODELS
+        return self._models.value if self._models else {}
+
+    @property
+    def models_version(self) -> int:
+        """Return a number that changes whenever models.json is reloaded (picking up an edit first)."""
+        if not self._models:
+            return 0
+        self._models.value  # noqa: B018 - lets the file's own throttled check pick up an edit first
+        return self._models.version
 
     @property
     def config(self) -> dict[str, Any]:
@@ -143,9 +152,6 @@ class BridgeFiles:
             return int(time.time())
         self._models.value  # noqa: B018 - lets the file's own throttled check pick up an edit first
         return int(self._models.mtime)
-
-
-_NO_MODELS: dict[str, BridgeModel] = {}
 
 
 def _parse_config(text: str) -> dict[str, Any]:

@@ -23,6 +23,12 @@ class Refreshing(Generic[T]):
         self._expires = 0.0
         self._lock = threading.Lock()
         self._refreshing = False
+        self._version = 0
+
+    def version(self) -> int:
+        """Return a number that changes whenever the value is replaced (starting a refresh when due, as get() does)."""
+        self.get()
+        return self._version
 
     def get(self) -> T | None:
         if time.monotonic() < self._expires:
@@ -50,4 +56,5 @@ class Refreshing(Generic[T]):
         value = self._fetch()
         if value is not None:
             self._value = value
+            self._version += 1
         self._expires = time.monotonic() + (self.ttl if value is not None else self.failure_ttl)

@@ -131,8 +131,8 @@ class LMArenaBridge(OpenAICompatible):
             listed.setdefault(item["id"], item.get("created") or created)
         return [{"id": name, "object": "model", "created": ts, "owned_by": self.name} for name, ts in listed.items()]
 
-    def model_sources(self) -> tuple:
-        return (self.files.models, self._remote_models.get())
+    def models_version(self) -> tuple[int, ...]:
+        return (self.files.models_version, self._remote_models.version())
 
     def models_when_refused(self, status: int) -> list[dict[str, Any]] | None:
         # 404 is the bridge's way of saying its models.json is empty.

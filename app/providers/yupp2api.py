@@ -42,8 +42,8 @@ class Yupp2Api(OpenAICompatible):
             {"id": m["id"], "object": "model", "created": m.get("created") or 0, "owned_by": self.name} for m in models
         ]
 
-    def model_sources(self) -> tuple:
-        return (self._models.get(),)
+    def models_version(self) -> tuple[int, ...]:
+        return (self._models.version(),)
 
     def http_error(self, status: int, body: Any, headers: Any) -> GatewayError:
         said = upstream_message(body)
