@@ -11,12 +11,11 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import auth, ratelimit, registration_tokens, request_record, security_headers, store
+from . import auth, providers, ratelimit, registration_tokens, request_record, security_headers, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
 from .errors import register_errorhandlers
-from .providers import router
 from .version import __version__
 
 __all__ = ["__version__", "create_app"]
@@ -70,7 +69,7 @@ def register_services(app: Flask) -> None:
     auth.init_app(app)
     request_record.init_app(app)
     ratelimit.init_app(app)
-    router.init_app(app)
+    providers.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:
         CORS(

@@ -26,7 +26,11 @@ AREAS = {
     "request record and analytics (app/request_record.py, app/analytics/)": ("app/request_record.py", "app/analytics/"),
     "auth (app/auth.py)": ("app/auth.py",),
     "validation (app/validation.py)": ("app/validation.py",),
-    "routing and model list (router, cache, bridge models)": ("app/providers/router.py", "app/providers/cache.py"),
+    "routing and model list (router, cache, bridge pool)": (
+        "app/providers/router.py",
+        "app/providers/cache.py",
+        "app/providers/bridge_pool.py",
+    ),
     "circuit breaker (app/providers/breaker.py)": ("app/providers/breaker.py",),
     "security headers (app/security_headers.py)": ("app/security_headers.py",),
     "session lookup (app/session_rules.py)": ("app/session_rules.py",),

@@ -141,14 +141,14 @@ def test_openapi_server_is_relative_when_the_host_makes_no_url(client):
 
 def _on_the_fake_bridge(router, bridge_url: str) -> None:
     """Send every session's chats to the fake bridge, whatever bridge_base_url a generated registration names."""
-    make_bridge = router._bridge_factory
+    make_bridge = router.bridges.factory
 
     def factory(url: str):
         # Built for its own URL first (nothing connects yet), so a URL the gateway cannot use still fails here.
         make_bridge(url).close()
         return make_bridge(bridge_url)
 
-    router._bridge_factory = factory
+    router.bridges.factory = factory
 
 
 @pytest.fixture(scope="module")

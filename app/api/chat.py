@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from .. import request_record, sse
+from ..providers import get_router
 from ..providers.base import ChatRequest
-from ..providers.router import get_router
 from ..relay import Opening, relay
 from ..session_rules import apply_session, session_from_headers
 from ..usage import fill_usage

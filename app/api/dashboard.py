@@ -13,7 +13,7 @@ from .. import analytics
 from ..analytics.charts import bucket_layout, latency_chart, requests_chart
 from ..auth import COOKIE, DASHBOARD, IN_VIEW, Guard, admin_key_ok, dashboard_cookie
 from ..errors import AnalyticsError, AuthenticationError, InvalidRequestError, StoreError
-from ..providers.router import get_router
+from ..providers import get_router
 from ..request_record import recorder
 from ..security_headers import PAGE_HEADERS
 from ..session_rules import active_since

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, url_for
 
 from ..errors import StoreError
-from ..providers.router import get_router
+from ..providers import get_router
 from ..store import get_store
 from ..version import __version__
 

@@ -11,9 +11,9 @@ from flask import Blueprint, current_app
 
 from .. import request_record
 from ..errors import InvalidRequestError, UpstreamError
+from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..providers.lmarena_bridge import LMArenaBridge
-from ..providers.router import get_router
 from ..session_rules import apply_session, session_from_headers
 from ..validation import ImageRequest, parse_image_request, read_json_body
 

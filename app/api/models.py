@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from ..errors import NotFoundError
-from ..providers.router import get_router
+from ..providers import get_router
 from ..session_rules import session_from_headers
 from ..store.base import parse_time
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from ..auth import ADMIN, Guard
-from ..providers.router import get_router
+from ..providers import get_router
 
 bp = Blueprint("providers", __name__, url_prefix="/providers")
 bp.before_request(Guard(ADMIN))

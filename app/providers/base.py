@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .transport import redact_url
+
 
 @dataclass
 class ChatRequest:
@@ -94,6 +96,16 @@ class Provider:
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
+
+    @property
+    def base_url(self) -> str:
+        """Return the upstream's base URL as configured (may hold credentials: never show it)."""
+        return self.settings.base_url
+
+    @property
+    def public_url(self) -> str:
+        """Return the base URL without user info or query, safe to show and log."""
+        return redact_url(self.settings.base_url)
 
     @property
     def max_retries(self) -> int:

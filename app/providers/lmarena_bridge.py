@@ -123,7 +123,7 @@ class LMArenaBridge(OpenAICompatible):
         remote = self._remote_models.get()
         if remote is None and not listed:
             raise UpstreamError(
-                f"Cannot list models: {self.label} at {self.client.public_url} is not answering and "
+                f"Cannot list models: {self.label} at {self.public_url} is not answering and "
                 "LMARENA_BRIDGE_MODELS_FILE is not set.",
                 code="upstream_unreachable",
             )

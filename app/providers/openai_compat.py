@@ -111,7 +111,7 @@ class OpenAICompatible(Provider):
         return result
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "base_url": self.client.public_url}
+        return {"name": self.name, "base_url": self.public_url}
 
     def close(self) -> None:
         self.client.close()

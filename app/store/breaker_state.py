@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import StoreError
+from ..config import storage_file
+from ..errors import StoreCorrupt, StoreError
 from . import redis_client
 from .locked_file import LockedJsonFile
+
+log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 Change = Callable[[Record], Record | None]
@@ -97,3 +102,19 @@ class RedisState:
         except (self._redis.exceptions.RedisError, OSError) as exc:
             raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
         raise StoreError("Provider state kept changing under concurrent updates; try again.", code="store_busy")
+
+
+def open_breaker_state(config) -> FileState | RedisState:
+    """Return where circuit state lives: Redis with the Redis session store, else a file beside the sessions."""
+    timeout = config["GATEWAY_STORE_LOCK_TIMEOUT"]
+    if config["SESSION_STORE"] == "redis":
+        return RedisState(config["REDIS_URL"], timeout=timeout)
+    path = storage_file(config, "providers.json")
+    try:
+        return FileState(path, timeout)
+    except StoreCorrupt:
+        # Circuit state is only a cache of recent failures: set a bad file aside and start afresh.
+        aside = f"{path}.corrupt-{int(time.time())}"
+        os.replace(path, aside)
+        log.warning("provider state file was corrupt; moved to %s", aside)
+        return FileState(path, timeout)
