@@ -11,7 +11,8 @@ import urllib3
 from .. import sse
 from ..errors import GatewayError, UpstreamError, UpstreamTimeout
 from .base import ChatStream, Chunk
-from .transport import READ_ERRORS, Exchange, StreamTimer, read_error_body
+from .exchange import READ_ERRORS, Exchange
+from .transport import StreamTimer, read_error_body
 from .upstream_errors import stream_broken, too_large, upstream_message
 
 

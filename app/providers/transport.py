@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import select
 import ssl
 import time
 from typing import Any
@@ -14,15 +13,12 @@ import urllib3
 
 from .. import version
 from ..errors import UpstreamError, UpstreamTimeout
+from .exchange import READ_ERRORS, READ_SIZE, Exchange, Response, release
 from .upstream_errors import stream_broken, tls_failed, too_large, unreachable
 
-Response = urllib3.HTTPResponse
 USER_AGENT = f"lmarena-gateway/{version.__version__}"
-READ_SIZE = 65536
 # The longest upstream answer (non-stream) or single SSE event kept in memory, unless configured otherwise.
 MAX_UPSTREAM_BYTES = 32 * 1024 * 1024
-# Errors of a socket read: the connection broke, or the peer sent what http.client cannot parse.
-READ_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError)
 
 
 def redact_url(url: str) -> str:
@@ -227,107 +223,6 @@ class UpstreamClient:
     def close(self) -> None:
         """Close every pooled connection."""
         self.pool.close()
-
-
-class Exchange:
-    """A streamed answer read as its bytes arrive; the caller waits with ready(), so a read never blocks for long.
-
-    A relay waits here with its keep-alive interval as the limit and writes a keep-alive when it passes: a plain
-    socket timeout cannot do that, since after one Python's socket file refuses all further reads.
-    """
-
-    def __init__(self, client: UpstreamClient, conn: Any) -> None:
-        self.client, self.conn = client, conn
-        self.response: Response | None = None
-
-    def ready(self, timeout: float) -> bool:
-        """Return whether a read would find bytes (or the end), waiting at most timeout seconds for them."""
-        if self._buffered():
-            return True
-        sock = self.conn.sock
-        if sock is None:
-            return True  # closed under us: the read says how
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(max(0.0, timeout) * 1000))
-
-    def _buffered(self) -> bool:
-        """Return whether bytes already read off the socket wait in a buffer (the socket would not say so)."""
-        response, sock = self.response, self.conn.sock
-        if response is not None and len(getattr(response, "_decoded_buffer", ())):
-            return True  # decoded (gunzipped) bytes urllib3 holds
-        fp = getattr(getattr(response, "_fp", None), "fp", None) if response is not None else None
-        if sock is None or (response is not None and fp is None):
-            return True
-        if fp is None:
-            return False  # before the head: http.client has read nothing yet
-        # http.client reads the socket 8 KiB at a time: a chunk may sit in its buffer, or in OpenSSL's. Peek
-        # without blocking (a timeout of 0 makes the socket non-blocking; it is set again before every read).
-        sock.settimeout(0)
-        try:
-            return bool(fp.peek(1))
-        except (BlockingIOError, ssl.SSLWantReadError):
-            return False
-        except READ_ERRORS:
-            return True  # broken: the read says how
-
-    def head(self, timeout: float) -> Response:
-        """Read the answer's head (call once ready() said so); raise when the upstream broke off."""
-        self.conn.timeout = timeout
-        try:
-            response = self.conn.getresponse()
-        except (TimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:
-            self.drop()
-            raise UpstreamTimeout(f"{self.client.label} did not answer within {timeout:g} s.") from exc
-        except READ_ERRORS as exc:
-            self.drop()
-            raise stream_broken(self.client.label, exc) from None
-        # What HTTPConnectionPool.urlopen would set: the connection goes back to this pool when the body ends.
-        response._pool, response._connection = self.client.pool, self.conn
-        self.response = response
-        return response
-
-    def read(self, timeout: float) -> bytes:
-        """Return the bytes there are (b"" at the end of the body); timeout bounds a read of a half-sent chunk."""
-        sock = self.conn.sock
-        if sock is not None:
-            sock.settimeout(timeout)
-        return self.response.read1(READ_SIZE, decode_content=True)
-
-    def finish(self) -> None:
-        """Read the end of a body whose content is all in (after [DONE]) so its connection is reused, else drop it."""
-        response = self.response
-        sock = self.conn.sock
-        if response is None or sock is None:
-            self.drop()
-            return
-        try:
-            sock.settimeout(FINISH_SECONDS)
-            left = READ_SIZE
-            while left > 0 and (piece := response.read1(left)):
-                left -= len(piece)
-        except Exception:  # noqa: BLE001 - whatever went wrong, the connection is dropped instead
-            pass
-        # urllib3 hands the connection back to its pool once the body has ended; otherwise it is dropped here.
-        release(response)
-
-    def drop(self) -> None:
-        """Close the connection (unless already given back) and free its pool slot."""
-        if self.response is not None:
-            release(self.response)
-            return
-        self.conn.close()
-        self.client.pool._put_conn(None)
-
-
-FINISH_SECONDS = 0.25  # how long to wait for the end of a body after [DONE]; upstreams send it at once
-
-
-def release(response: Response) -> None:
-    """Close a response; a connection whose body was not read to its end is dropped, never reused half-read."""
-    response.close()
-    # Give the pool its slot back (holding a closed connection, replaced on next use).
-    response.release_conn()
 
 
 def read_error_body(response: Response, limit: int = 65536) -> Any:
