@@ -11,7 +11,7 @@ run: $(VENV)/.runtime
 	$(BIN)/python -m app
 
 test: $(VENV)/.dev
-	sh tests/install-system-deps.sh
+	sh tests/helpers/install-system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

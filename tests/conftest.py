@@ -11,7 +11,7 @@ from waitress.server import create_server
 
 from app import create_app
 from app.config import SETTINGS
-from tests.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer
 from tests.upstreams.fake_bridge import FakeBridge
 from tests.upstreams.fake_yupp import FakeYupp
 

@@ -29,9 +29,9 @@ from app.analytics import (
 )
 from app.analytics import writer as analytics_writer
 from app.store.base import StoreError
-from tests.analytics_worker import make_event
+from tests.helpers.analytics_worker import make_event
 
-WORKER = str(Path(__file__).with_name("analytics_worker.py"))
+WORKER = str(Path(__file__).parent / "helpers" / "analytics_worker.py")
 NOW = 1_800_000_000.0  # a multiple of every bucket width used below
 
 

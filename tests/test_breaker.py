@@ -15,7 +15,7 @@ import pytest
 from app.errors import UpstreamError
 from app.providers.breaker import Breaker
 from app.store.breaker_state import FileState, RedisState
-from tests.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer
 from tests.upstreams.script import Status
 
 HI = [{"role": "user", "content": "hi"}]

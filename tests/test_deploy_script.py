@@ -123,9 +123,9 @@ def test_a_bad_setting_stops_before_restarting(home):
 
 def test_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck is missing: run tests/install-system-deps.sh (make test does)"
+    assert shellcheck, "shellcheck is missing: run tests/helpers/install-system-deps.sh (make test does)"
     result = subprocess.run(
-        [shellcheck, "cpanel/deploy.sh", ".ci/run", "tests/install-system-deps.sh"],
+        [shellcheck, "cpanel/deploy.sh", ".ci/run", "tests/helpers/install-system-deps.sh"],
         cwd=ROOT,
         capture_output=True,
         text=True,

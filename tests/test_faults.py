@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from app.config import ConfigError, load_settings
-from tests.sseclient_raw import RawStream, stream_chat
+from tests.helpers.sseclient_raw import RawStream, stream_chat
 from tests.upstreams.fake_bridge import DEFAULT_REPLY as BRIDGE_REPLY
 from tests.upstreams.fake_yupp import DEFAULT_REPLY as YUPP_REPLY
 from tests.upstreams.httpserver import FakeUpstream, wait_until

@@ -17,7 +17,7 @@ from app.ratelimit import Limiter, RedisCells, SQLiteCells
 from tests.conftest import CLIENT_KEY
 
 HI = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
-WORKER = str(Path(__file__).with_name("ratelimit_worker.py"))
+WORKER = str(Path(__file__).parent / "helpers" / "ratelimit_worker.py")
 
 
 @pytest.fixture(params=["sqlite", "redis"])

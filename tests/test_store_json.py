@@ -23,7 +23,7 @@ from app.store.base import Session, StoreError, utcnow
 from app.store.file_store import JsonSessionStore, StoreCorrupt
 from app.store.locked_file import LockedJsonFile
 
-WORKER = str(Path(__file__).with_name("store_worker.py"))
+WORKER = str(Path(__file__).parent / "helpers" / "store_worker.py")
 
 
 def _workers(path, tmp_path, count, per_worker):

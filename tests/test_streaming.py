@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.sseclient_raw import open_stream, read_frames, stream_chat
+from tests.helpers.sseclient_raw import open_stream, read_frames, stream_chat
 from tests.upstreams.script import Stall
 
 
