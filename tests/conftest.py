@@ -15,10 +15,40 @@ from tests.helpers.redis_server import RedisServer
 from tests.upstreams.fake_bridge import FakeBridge
 from tests.upstreams.fake_yupp import FakeYupp
 
+TESTS = Path(__file__).resolve().parent
+# Every test under these folders gets the folder's marker, so a new test there is left out of `make test-fast` too.
+MARKED_FOLDERS = {"browser": pytest.mark.browser, "deploy": pytest.mark.deploy}
+# Until test_streaming.py and test_faults.py mark their own: tests there that wait out multi-second timers.
+SLOW_BY_MODULE = {
+    "test_streaming.py": {
+        "test_client_disconnect_while_waiting_for_first_token_closes_upstream",
+        "test_stream_slow_upstream_headers_still_get_keepalives",
+        "test_stream_refusal_after_commit_becomes_error_chunk",
+        "test_stream_sends_keepalives_while_waiting_for_first_token",
+    },
+    "test_faults.py": {
+        "test_fault_ends_in_clean_error_and_frees_the_worker",
+        "test_many_faulted_streams_leave_the_server_answering_concurrent_requests",
+    },
+}
+
 CLIENT_KEY = "sk-gw-test"
 BRIDGE_KEY = "sk-lmab-test"
 YUPP_KEY = "sk-yupp-test"
 ADMIN_KEY = "sk-admin-test"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark tests by folder (browser, deploy) and the slow ones of modules that do not mark them yet."""
+    for item in items:
+        path = item.path.resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        top = path.relative_to(TESTS).parts[0]  # a folder, or a module directly in tests/
+        if top in MARKED_FOLDERS:
+            item.add_marker(MARKED_FOLDERS[top])
+        if item.originalname in SLOW_BY_MODULE.get(top, ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -272,6 +272,7 @@ def test_bad_events_never_raise(conn, recorder):
 
 
 # Readers beside the writer thread: opening and closing the file must not drop the writer's locks.
+@pytest.mark.slow  # 4 worker processes
 @pytest.mark.parametrize("read_every", [0, 10], ids=["writing", "writing-and-reading"])
 def test_processes_writing_at_once_lose_nothing(tmp_path, path, read_every):
     workers, per_worker = 4, 500

@@ -292,6 +292,7 @@ def test_openapi_hostile_inputs_conform(gateway):
         assert response.status_code == 400, (port, response.text)
 
 
+@pytest.mark.slow  # schemathesis: every operation, generated cases against a live gateway
 @schema.parametrize()
 def test_openapi_gateway_conforms(case, gateway):
     response = case.call_and_validate(base_url=gateway.url, allow_redirects=False)
