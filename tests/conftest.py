@@ -18,13 +18,14 @@ from tests.upstreams.fake_yupp import FakeYupp
 TESTS = Path(__file__).resolve().parent
 # Every test under these folders gets the folder's marker, so a new test there is left out of `make test-fast` too.
 MARKED_FOLDERS = {"browser": pytest.mark.browser, "deploy": pytest.mark.deploy}
-# Until test_streaming.py and test_faults.py mark their own: tests there that wait out multi-second timers.
+# Until test_streaming.py and test_faults.py mark their own: the tests there that take a second or more.
 SLOW_BY_MODULE = {
     "test_streaming.py": {
         "test_client_disconnect_while_waiting_for_first_token_closes_upstream",
         "test_stream_slow_upstream_headers_still_get_keepalives",
         "test_stream_refusal_after_commit_becomes_error_chunk",
         "test_stream_sends_keepalives_while_waiting_for_first_token",
+        "test_stream_slow_first_token_is_ended_by_first_byte_timeout",
     },
     "test_faults.py": {
         "test_fault_ends_in_clean_error_and_frees_the_worker",

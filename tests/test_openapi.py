@@ -318,6 +318,7 @@ unauthenticated = schemathesis.openapi.from_dict(
 ).include(path_regex=KEYED)
 
 
+@pytest.mark.slow  # schemathesis against a live gateway
 @unauthenticated.parametrize()
 def test_openapi_keyed_operations_answer_401_without_a_key(case, gateway):
     response = case.call(base_url=gateway.url, allow_redirects=False)
