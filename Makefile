@@ -1,19 +1,25 @@
 # Two commands do all the set-up: `make run` starts the gateway, `make test` runs the whole test suite.
 # Each creates .venv with the Python it finds and installs what it needs when the requirements change.
+# `make test-fast` is the edit loop: ruff and the tests that need no browser, no Apache and no slow run (pytest markers
+# browser, deploy, slow; see tests/README.md), in under a minute.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test test-fast lint clean
 
 run: $(VENV)/.runtime
 	$(BIN)/python -m app
 
 test: $(VENV)/.dev
-	sh tests/install-system-deps.sh
+	sh tests/helpers/install-system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not browser and not deploy and not slow"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

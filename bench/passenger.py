@@ -66,7 +66,7 @@ class Passenger(Server):
 
         missing = missing_tools()
         if missing:
-            raise RuntimeError(f"needs Debian packages {' '.join(missing)} (tests/install-system-deps.sh)")
+            raise RuntimeError(f"needs Debian packages {' '.join(missing)} (tests/helpers/install-system-deps.sh)")
         self.pip_cache.mkdir(parents=True, exist_ok=True)
         with own_affinity(cpus):
             self.deployment = Deployment(self.pip_cache)

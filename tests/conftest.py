@@ -11,14 +11,28 @@ from waitress.server import create_server
 
 from app import create_app
 from app.config import SETTINGS
-from tests.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer
 from tests.upstreams.fake_bridge import FakeBridge
 from tests.upstreams.fake_yupp import FakeYupp
 
+TESTS = Path(__file__).resolve().parent
+# Every test under these folders gets the folder's marker, so a new test there is left out of `make test-fast` too.
+MARKED_FOLDERS = {"browser": pytest.mark.browser, "deploy": pytest.mark.deploy}
 CLIENT_KEY = "sk-gw-test"
 BRIDGE_KEY = "sk-lmab-test"
 YUPP_KEY = "sk-yupp-test"
 ADMIN_KEY = "sk-admin-test"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark tests by folder (browser, deploy), so a new test there is left out of `make test-fast` too."""
+    for item in items:
+        path = item.path.resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        top = path.relative_to(TESTS).parts[0]  # a folder, or a module directly in tests/
+        if top in MARKED_FOLDERS:
+            item.add_marker(MARKED_FOLDERS[top])
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.sseclient_raw import open_stream, read_frames
+from tests.helpers.sseclient_raw import open_stream, read_frames
 
 HI = [{"role": "user", "content": "Say hello"}]
 

@@ -28,9 +28,9 @@ from app.analytics import (
 )
 from app.analytics import writer as analytics_writer
 from app.errors import AnalyticsError, StoreError
-from tests.analytics_worker import make_event
+from tests.helpers.analytics_worker import make_event
 
-WORKER = str(Path(__file__).with_name("analytics_worker.py"))
+WORKER = str(Path(__file__).parent / "helpers" / "analytics_worker.py")
 NOW = 1_800_000_000.0  # a multiple of every bucket width used below
 
 
@@ -271,6 +271,7 @@ def test_bad_events_never_raise(conn, recorder):
 
 
 # Readers beside the writer thread: opening and closing the file must not drop the writer's locks.
+@pytest.mark.slow  # 4 worker processes
 @pytest.mark.parametrize("read_every", [0, 10], ids=["writing", "writing-and-reading"])
 def test_processes_writing_at_once_lose_nothing(tmp_path, path, read_every):
     workers, per_worker = 4, 500

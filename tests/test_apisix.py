@@ -1,15 +1,16 @@
 """The APISIX front in apisix/: complete for the gateway's routes, and valid for APISIX without running it.
 
-The schemas below are transcribed from Apache APISIX 3.18.0's source: apisix/schema_def.lua (route, upstream,
-health checks, consumer, global rule, the `_meta` every plugin accepts), apisix/plugins/<name>.lua (and
-limit-count/init.lua, ip-restriction/init.lua), and apisix/cli/schema.lua + apisix/cli/config.lua for
-config.yaml. They are stricter than APISIX in one way on purpose: an unknown field is an error everywhere
-(APISIX ignores unknown plugin fields silently, which is how typos go unnoticed).
+The schemas in tests/data/apisix/ are transcribed from Apache APISIX 3.18.0's source: apisix/schema_def.lua (route,
+upstream, health checks, consumer, global rule, the `_meta` every plugin accepts), apisix/plugins/<name>.lua (and
+limit-count/init.lua, ip-restriction/init.lua), and apisix/cli/schema.lua + apisix/cli/config.lua for config.yaml.
+They are stricter than APISIX in one way on purpose: an unknown field is an error everywhere (APISIX ignores unknown
+plugin fields silently, which is how typos go unnoticed).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 APISIX_DIR = ROOT / "apisix"
+SCHEMA_DIR = ROOT / "tests" / "data" / "apisix"
 
 # apisix/cli/file.lua var_sub: `${{NAME}}` or `${{NAME:=default}}`, replaced in the raw text before parsing.
 ENV_REF = re.compile(r"\$\{\{\s*([A-Za-z0-9_]+)(?::=\s*(.*?))?\s*\}\}")
@@ -49,447 +51,28 @@ BODY_BUFFERING_PLUGINS = {
 LOOPBACK_ONLY = {"127.0.0.0/8", "127.0.0.1", "::1", "::1/128"}
 
 
-# --- schemas transcribed from apisix/schema_def.lua ------------------------------------------------------------
-
-ID_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-zA-Z0-9-_.]+$"},
-        {"type": "integer", "minimum": 1},
-    ]
-}
-HOST_DEF = {"type": "string", "pattern": r"^\*$|^\*?[0-9a-zA-Z-._\[\]:]+$"}
-_IPV4_SEG = "([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])"
-_IPV4 = r"\.".join([_IPV4_SEG] * 4)
-_IPV6 = "([a-fA-F0-9]{0,4}:){1,8}(:[a-fA-F0-9]{0,4}){0,8}([a-fA-F0-9]{0,4})?"
-IP_DEF = [
-    {"title": "IPv4", "type": "string", "format": "ipv4"},
-    {"title": "IPv4/CIDR", "type": "string", "pattern": "^" + _IPV4 + "/([12]?[0-9]|3[0-2])$"},
-    {"title": "IPv6", "type": "string", "format": "ipv6"},
-    {"title": "IPv6/CIDR", "type": "string", "pattern": "^" + _IPV6 + "/[0-9]{1,3}$"},
-]
-RULE_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
-DESC = {"type": "string", "maxLength": 256}
-LABELS = {
-    "type": "object",
-    "patternProperties": {".*": {"type": "string", "pattern": r"^\S+$", "minLength": 1, "maxLength": 256}},
-}
-TIMEOUT = {
-    "type": "object",
-    "properties": {
-        "connect": {"type": "number", "exclusiveMinimum": 0},
-        "send": {"type": "number", "exclusiveMinimum": 0},
-        "read": {"type": "number", "exclusiveMinimum": 0},
-    },
-    "required": ["connect", "send", "read"],
-}
-METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"]
+# --- the transcribed schemas (tests/data/apisix/) ---------------------------------------------------------------
 
 
-def _statuses(default: list[int]) -> dict:
-    return {
-        "type": "array",
-        "minItems": 1,
-        "items": {"type": "integer", "minimum": 200, "maximum": 599},
-        "uniqueItems": True,
-        "default": default,
-    }
+def _data(name: str) -> dict:
+    return json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
 
 
-def _count(minimum: int, default: int) -> dict:
-    return {"type": "integer", "minimum": minimum, "maximum": 254, "default": default}
+# route, upstream, consumer, global_rule, standalone and what they share; `{"$ref": "#/definitions/<name>"}` in any
+# schema below points here.
+DEFINITIONS: dict[str, dict] = _data("schema_def.json")["definitions"]
+_PLUGINS = _data("plugins.json")
+PLUGIN_SCHEMAS: dict[str, dict] = _PLUGINS["plugins"]
+CONSUMER_PLUGIN_SCHEMAS: dict[str, dict] = _PLUGINS["consumer_plugins"]
 
-
-HEALTH_ACTIVE = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "enum": ["http", "https", "tcp"], "default": "http"},
-        "timeout": {"type": "number", "default": 1},
-        "concurrency": {"type": "integer", "default": 10},
-        "host": HOST_DEF,
-        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-        "http_method": {"type": "string", "enum": METHODS, "default": "GET"},
-        "http_path": {"type": "string", "default": "/"},
-        "http_req_body": {"type": "string", "default": ""},
-        "https_verify_certificate": {"type": "boolean", "default": True},
-        "healthy": {
-            "type": "object",
-            "properties": {
-                "interval": {"type": "integer", "minimum": 1, "default": 1},
-                "http_statuses": _statuses([200, 302]),
-                "successes": _count(1, 2),
-            },
-        },
-        "unhealthy": {
-            "type": "object",
-            "properties": {
-                "interval": {"type": "integer", "minimum": 1, "default": 1},
-                "http_statuses": _statuses([429, 404, 500, 501, 502, 503, 504, 505]),
-                "http_failures": _count(1, 5),
-                "tcp_failures": _count(1, 2),
-                "timeouts": _count(1, 3),
-            },
-        },
-        "req_headers": {"type": "array", "minItems": 1, "items": {"type": "string", "uniqueItems": True}},
-    },
-}
-HEALTH_PASSIVE = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "enum": ["http", "https", "tcp"], "default": "http"},
-        "healthy": {
-            "type": "object",
-            "properties": {
-                "http_statuses": _statuses([*range(200, 209), 226, *range(300, 309)]),
-                "successes": _count(0, 5),
-            },
-        },
-        "unhealthy": {
-            "type": "object",
-            "properties": {
-                "http_statuses": _statuses([429, 500, 503]),
-                "tcp_failures": _count(0, 2),
-                "timeouts": _count(0, 7),
-                "http_failures": _count(0, 5),
-            },
-        },
-    },
-}
-HEALTH_CHECKER = {
-    "type": "object",
-    "properties": {"active": HEALTH_ACTIVE, "passive": HEALTH_PASSIVE},
-    "anyOf": [{"required": ["active"]}, {"required": ["active", "passive"]}],
-}
-NODES = {
-    "anyOf": [
-        {"type": "object", "patternProperties": {".*": {"type": "integer", "minimum": 0}}},
-        {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "host": HOST_DEF,
-                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                    "weight": {"type": "integer", "minimum": 0},
-                    "priority": {"type": "integer", "default": 0},
-                    "metadata": {"type": "object"},
-                },
-                "required": ["host", "weight"],
-            },
-        },
-    ]
-}
-# The subset of upstream_schema this front uses: no service discovery, no TLS to the gateway, no hashing.
-UPSTREAM = {
-    "type": "object",
-    "properties": {
-        "id": ID_SCHEMA,
-        "name": RULE_NAME,
-        "desc": DESC,
-        "labels": LABELS,
-        "nodes": NODES,
-        "retries": {"type": "integer", "minimum": 0},
-        "retry_timeout": {"type": "number", "minimum": 0},
-        "timeout": TIMEOUT,
-        "keepalive_pool": {
-            "type": "object",
-            "properties": {
-                "size": {"type": "integer", "default": 320, "minimum": 1},
-                "idle_timeout": {"type": "number", "default": 60, "minimum": 0},
-                "requests": {"type": "integer", "default": 1000, "minimum": 1},
-            },
-        },
-        # A free string in APISIX; these are its balancers (apisix/balancer/*.lua), chash needs hash_on/key.
-        "type": {"type": "string", "enum": ["roundrobin", "chash", "ewma", "least_conn"], "default": "roundrobin"},
-        "checks": HEALTH_CHECKER,
-        "scheme": {"default": "http", "enum": ["grpc", "grpcs", "http", "https", "tcp", "tls", "udp", "kafka"]},
-        "pass_host": {"type": "string", "enum": ["pass", "node", "rewrite"], "default": "pass"},
-        "upstream_host": HOST_DEF,
-    },
-    "oneOf": [{"required": ["nodes"]}],
-    # apisix/upstream.lua check_upstream_conf: pass_host "rewrite" needs upstream_host.
-    "if": {"properties": {"pass_host": {"const": "rewrite"}}, "required": ["pass_host"]},
-    "then": {"required": ["upstream_host"]},
-    "additionalProperties": False,
-}
-# The subset of schema_def.route this test's matcher models: uri/uris, methods and priority. Hosts,
-# remote_addrs, vars and filter_func also decide which route serves a path; they are rejected so that the
-# coverage test cannot be fooled. id and name are required here (APISIX numbers unnamed YAML routes itself).
-ROUTE = {
-    "type": "object",
-    "properties": {
-        "id": ID_SCHEMA,
-        "name": RULE_NAME,
-        "desc": DESC,
-        "labels": LABELS,
-        "uri": {"type": "string", "minLength": 1, "maxLength": 4096},
-        "uris": {
-            "type": "array",
-            "items": {"description": "HTTP uri", "type": "string"},
-            "minItems": 1,
-            "uniqueItems": True,
-        },
-        "priority": {"type": "integer", "default": 0},
-        "methods": {"type": "array", "items": {"type": "string", "enum": METHODS}, "uniqueItems": True},
-        "timeout": TIMEOUT,
-        "plugins": {"type": "object"},
-        "upstream": UPSTREAM,
-        "upstream_id": ID_SCHEMA,
-        "enable_websocket": {"type": "boolean"},
-        "status": {"type": "integer", "enum": [1, 0], "default": 1},
-    },
-    "required": ["id", "name"],
-    "allOf": [{"oneOf": [{"required": ["uri"]}, {"required": ["uris"]}]}],
-    "anyOf": [
-        {"required": ["plugins", "uri"]},
-        {"required": ["upstream", "uri"]},
-        {"required": ["upstream_id", "uri"]},
-        {"required": ["plugins", "uris"]},
-        {"required": ["upstream", "uris"]},
-        {"required": ["upstream_id", "uris"]},
-    ],
-    "additionalProperties": False,
-}
-CONSUMER = {
-    "type": "object",
-    "properties": {
-        "id": ID_SCHEMA,
-        "username": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^[a-zA-Z0-9_\-]+$"},
-        "desc": DESC,
-        "labels": LABELS,
-        "group_id": ID_SCHEMA,
-        "plugins": {"type": "object"},
-    },
-    "required": ["username", "plugins"],
-    "additionalProperties": False,
-}
-GLOBAL_RULE = {
-    "type": "object",
-    "properties": {"id": ID_SCHEMA, "plugins": {"type": "object"}},
-    "required": ["id", "plugins"],
-    "additionalProperties": False,
-}
-STANDALONE = {
-    "type": "object",
-    "properties": {
-        "routes": {"type": "array", "minItems": 1},
-        "upstreams": {"type": "array", "minItems": 1},
-        "consumers": {"type": "array"},
-        "global_rules": {"type": "array"},
-    },
-    "required": ["routes", "upstreams", "consumers"],
-    "additionalProperties": False,
-}
-
-# schema_def.plugin_injected_schema: every plugin accepts `_meta`.
-META = {
-    "type": "object",
-    "properties": {
-        "disable": {"type": "boolean"},
-        "error_response": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-        "priority": {"type": "integer"},
-        "filter": {"type": "array"},
-        "pre_function": {"type": "string"},
-    },
-    "additionalProperties": False,
-}
-
-
-def plugin_schema(properties: dict, **rest: Any) -> dict:
-    return {"type": "object", "properties": {**properties, "_meta": META}, **rest}
-
-
-# --- plugin schemas, from apisix/plugins/*.lua ----------------------------------------------------------------
-
-KEY_AUTH = plugin_schema(
-    {
-        "header": {"type": "string", "default": "apikey"},
-        "query": {"type": "string", "default": "apikey"},
-        # schema_def.get_realm_schema("key"), APISIX 3.15+
-        "realm": {
-            "type": "string",
-            "pattern": r"^[\x20-\x21\x23-\x5B\]-\x7E]+$",
-            "default": "key",
-            "minLength": 1,
-            "maxLength": 128,
-        },
-        "hide_credentials": {"type": "boolean", "default": False},
-        "anonymous_consumer": {"type": "string", "minLength": 1},
-    }
-)
-KEY_AUTH_CONSUMER = {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}
-
-_COUNT = {"oneOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string"}]}
-# limit-count/init.lua. The redis/redis-cluster/redis-sentinel fields (its if/then/else) are not transcribed:
-# a Redis policy fails here until they are.
-LIMIT_COUNT = plugin_schema(
-    {
-        "count": _COUNT,
-        "time_window": _COUNT,
-        "window_type": {"type": "string", "enum": ["fixed", "sliding"], "default": "fixed"},
-        "rules": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "count": _COUNT,
-                    "time_window": _COUNT,
-                    "key": {"type": "string"},
-                    "header_prefix": {"type": "string"},
-                },
-                "required": ["count", "time_window", "key"],
-            },
-        },
-        "group": {"type": "string"},
-        "key": {"type": "string", "default": "remote_addr"},
-        "key_type": {"type": "string", "enum": ["var", "var_combination", "constant"], "default": "var"},
-        "rejected_code": {"type": "integer", "minimum": 200, "maximum": 599, "default": 503},
-        "rejected_msg": {"type": "string", "minLength": 1},
-        "policy": {
-            "type": "string",
-            "enum": ["local", "redis", "redis-cluster", "redis-sentinel"],
-            "default": "local",
-        },
-        "allow_degradation": {"type": "boolean", "default": False},
-        "show_limit_quota_header": {"type": "boolean", "default": True},
-        "sync_interval": {"type": "number", "default": -1},
-    },
-    oneOf=[{"required": ["count", "time_window"]}, {"required": ["rules"]}],
-)
-LIMIT_REQ = plugin_schema(
-    {
-        "rate": {"type": "number", "exclusiveMinimum": 0},
-        "burst": {"type": "number", "minimum": 0},
-        "key": {"type": "string"},
-        "key_type": {"type": "string", "enum": ["var", "var_combination"], "default": "var"},
-        "policy": {"type": "string", "enum": ["redis", "redis-cluster", "local"], "default": "local"},
-        "rejected_code": {"type": "integer", "minimum": 200, "maximum": 599, "default": 503},
-        "rejected_msg": {"type": "string", "minLength": 1},
-        "nodelay": {"type": "boolean", "default": False},
-        "allow_degradation": {"type": "boolean", "default": False},
-    },
-    required=["rate", "burst", "key"],
-)
-_ORIGINS = r"^(\*|\*\*|null|\w+://[^,]+(,\w+://[^,]+)*)$"
-_REGEX_LIST = {
-    "type": "array",
-    "items": {"type": "string", "minLength": 1, "maxLength": 4096},
-    "minItems": 1,
-    "uniqueItems": True,
-}
-CORS = plugin_schema(
-    {
-        "allow_origins": {"type": "string", "pattern": _ORIGINS, "default": "*"},
-        "allow_methods": {"type": "string", "default": "*"},
-        "allow_headers": {"type": "string", "default": "*"},
-        "expose_headers": {"type": "string"},
-        "max_age": {"type": "integer", "default": 5},
-        "allow_credential": {"type": "boolean", "default": False},
-        "allow_origins_by_regex": _REGEX_LIST,
-        "allow_origins_by_metadata": _REGEX_LIST,
-        "timing_allow_origins": {"type": "string", "pattern": _ORIGINS},
-        "timing_allow_origins_by_regex": _REGEX_LIST,
-    }
-)
-PROMETHEUS = plugin_schema({"prefer_name": {"type": "boolean", "default": False}})
-IP_RESTRICTION = plugin_schema(
-    {
-        "message": {"type": "string", "minLength": 1, "maxLength": 1024, "default": "Your IP address is not allowed"},
-        "response_code": {"type": "integer", "minimum": 403, "maximum": 404, "default": 403},
-        "whitelist": {"type": "array", "items": {"anyOf": IP_DEF}, "minItems": 1},
-        "blacklist": {"type": "array", "items": {"anyOf": IP_DEF}, "minItems": 1},
-    },
-    oneOf=[{"required": ["whitelist"]}, {"required": ["blacklist"]}],
-)
-_HEADER_VALUE = {"oneOf": [{"type": "string"}, {"type": "number"}]}
-_HEADER_VALUES = {
-    "oneOf": [
-        {"type": "string"},
-        {"type": "number"},
-        {"type": "array", "minItems": 1, "items": {"oneOf": [{"type": "string"}, {"type": "number"}]}},
-    ]
-}
-PROXY_REWRITE = plugin_schema(
-    {
-        "uri": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": r"^\/.*"},
-        "method": {
-            "type": "string",
-            "enum": [
-                "GET",
-                "POST",
-                "PUT",
-                "HEAD",
-                "DELETE",
-                "OPTIONS",
-                "MKCOL",
-                "COPY",
-                "MOVE",
-                "PROPFIND",
-                "LOCK",
-                "UNLOCK",
-                "PATCH",
-                "TRACE",
-            ],
-        },
-        "regex_uri": {"type": "array", "minItems": 2, "items": {"type": "string"}},
-        "host": {"type": "string", "pattern": r"^[0-9a-zA-Z-.]+(:\d{1,5})?$"},
-        "headers": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "minProperties": 1,
-                    "additionalProperties": False,
-                    "properties": {
-                        "add": {"type": "object", "minProperties": 1, "patternProperties": {"^[^:]+$": _HEADER_VALUES}},
-                        "set": {"type": "object", "minProperties": 1, "patternProperties": {"^[^:]+$": _HEADER_VALUES}},
-                        "remove": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[^:]+$"}},
-                    },
-                },
-                {"type": "object", "minProperties": 1, "patternProperties": {"^[^:]+$": _HEADER_VALUE}},
-            ]
-        },
-        "use_real_request_uri_unsafe": {"type": "boolean", "default": False},
-    },
-    minProperties=1,
-)
-CONSUMER_RESTRICTION = plugin_schema(
-    {
-        "type": {
-            "type": "string",
-            "enum": ["consumer_name", "service_id", "route_id", "consumer_group_id"],
-            "default": "consumer_name",
-        },
-        "blacklist": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-        "whitelist": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-        "allowed_by_methods": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "user": {"type": "string"},
-                    "methods": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": METHODS}},
-                },
-            },
-        },
-        "rejected_code": {"type": "integer", "minimum": 200, "default": 403},
-        "rejected_msg": {"type": "string"},
-    },
-    anyOf=[{"required": ["blacklist"]}, {"required": ["whitelist"]}, {"required": ["allowed_by_methods"]}],
-)
-# APISIX 3.17+ (apisix/plugins/proxy-buffering.lua).
-PROXY_BUFFERING = plugin_schema({"disable_proxy_buffering": {"type": "boolean", "default": False}})
-
-PLUGIN_SCHEMAS = {
-    "key-auth": KEY_AUTH,
-    "limit-count": LIMIT_COUNT,
-    "limit-req": LIMIT_REQ,
-    "cors": CORS,
-    "prometheus": PROMETHEUS,
-    "ip-restriction": IP_RESTRICTION,
-    "proxy-rewrite": PROXY_REWRITE,
-    "consumer-restriction": CONSUMER_RESTRICTION,
-    "proxy-buffering": PROXY_BUFFERING,
-}
-CONSUMER_PLUGIN_SCHEMAS = {"key-auth": KEY_AUTH_CONSUMER}
+_CONFIG_YAML = _data("config_yaml.json")
+CONFIG_SCHEMA: dict = _CONFIG_YAML["schema"]
+CONFIG_TOP = set(_CONFIG_YAML["top_level"])
+CONFIG_LISTS = set(_CONFIG_YAML["lists"])
+CONFIG_SNIPPETS = set(_CONFIG_YAML["snippets"])
+# Each scalar setting's type; None for the settings config.yaml.example only shows commented (no default).
+_TYPES = {"boolean": bool, "string": str, "integer": int, None: None}
+CONFIG_SCALARS: dict[str, type | None] = {path: _TYPES[kind] for path, kind in _CONFIG_YAML["scalars"].items()}
 
 
 def strict(schema: Any) -> Any:
@@ -510,106 +93,10 @@ def strict(schema: Any) -> Any:
 
 def errors(schema: dict, instance: Any, tighten: bool = True) -> list[str]:
     """Validation errors of instance, with unknown fields rejected unless tighten is false."""
-    checked = strict(schema) if tighten else schema
+    document = {"definitions": DEFINITIONS, "allOf": [schema]}  # so that the schema's $refs resolve
+    checked = strict(document) if tighten else document
     validator = Draft7Validator(checked, format_checker=Draft7Validator.FORMAT_CHECKER)
     return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in validator.iter_errors(instance)]
-
-
-# --- config.yaml: what apisix/cli/config.lua and conf/config.yaml.example define --------------------------------
-
-CONFIG_TOP = {
-    "apisix",
-    "nginx_config",
-    "discovery",
-    "graphql",
-    "ext-plugin",
-    "plugins",
-    "stream_plugins",
-    "wasm",
-    "xrpc",
-    "plugin_attr",
-    "deployment",
-}
-# Scalar settings and their types in apisix/cli/config.lua; merge_conf refuses another type except for
-# nginx_config numbers/strings. The settings config.yaml.example only shows commented (no default) have None.
-CONFIG_SCALARS: dict[str, type | None] = {
-    "apisix.enable_admin": bool,
-    "apisix.enable_dev_mode": bool,
-    "apisix.enable_reuseport": bool,
-    "apisix.show_upstream_status_in_response_header": bool,
-    "apisix.enable_ipv6": bool,
-    "apisix.enable_http2": bool,
-    "apisix.enable_server_tokens": bool,
-    "apisix.enable_control": bool,
-    "apisix.control.ip": None,
-    "apisix.control.port": None,
-    "apisix.data_encryption.enable_encrypt_fields": bool,
-    "apisix.ssl.enable": bool,
-    "nginx_config.error_log": str,
-    "nginx_config.error_log_level": str,
-    "nginx_config.worker_processes": str,
-    "nginx_config.worker_rlimit_nofile": int,
-    "nginx_config.worker_shutdown_timeout": str,
-    "nginx_config.http.enable_access_log": bool,
-    "nginx_config.http.keepalive_timeout": str,
-    "nginx_config.http.client_header_timeout": str,
-    "nginx_config.http.client_body_timeout": str,
-    "nginx_config.http.client_max_body_size": int,
-    "nginx_config.http.send_timeout": str,
-    "nginx_config.http.real_ip_header": str,
-    "nginx_config.http.real_ip_recursive": str,
-    "nginx_config.http.upstream.keepalive": int,
-    "nginx_config.http.upstream.keepalive_requests": int,
-    "nginx_config.http.upstream.keepalive_timeout": str,
-    "plugin_attr.prometheus.export_uri": str,
-    "plugin_attr.prometheus.metric_prefix": str,
-    "plugin_attr.prometheus.enable_export_server": bool,
-    "plugin_attr.prometheus.export_addr.ip": str,
-    "plugin_attr.prometheus.export_addr.port": int,
-    "plugin_attr.prometheus.refresh_interval": int,
-    "deployment.role": str,
-    "deployment.role_data_plane.config_provider": str,
-}
-CONFIG_LISTS = {"apisix.node_listen", "nginx_config.envs", "nginx_config.http.real_ip_from", "plugins"}
-CONFIG_SNIPPETS = {
-    "main_configuration_snippet",
-    "http_configuration_snippet",
-    "http_server_configuration_snippet",
-    "http_server_location_configuration_snippet",
-    "http_admin_configuration_snippet",
-    "http_end_configuration_snippet",
-    "stream_configuration_snippet",
-}
-# apisix/cli/schema.lua, the parts config.yaml uses, with deployment_schema.data_plane for the role.
-CONFIG_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "nginx_config": {
-            "type": "object",
-            "properties": {
-                "envs": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {"type": "string", "pattern": r"\A[^\x00-\x1f]*\Z"},
-                }
-            },
-        },
-        "plugins": {"type": "array", "default": [], "minItems": 0, "items": {"type": "string"}},
-        "deployment": {
-            "type": "object",
-            "properties": {
-                "role": {"enum": ["traditional", "control_plane", "data_plane", "standalone"]},
-                "role_data_plane": {
-                    "type": "object",
-                    "properties": {"config_provider": {"enum": ["etcd", "yaml", "json", "xds"]}},
-                    "required": ["config_provider"],
-                },
-            },
-            "required": ["role", "role_data_plane"],
-        },
-    },
-    "required": ["apisix", "deployment"],
-}
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -721,7 +208,7 @@ def test_files_parse_and_apisix_yaml_ends_with_end_marker(conf, config):
     # apisix/core/config_yaml.lua reads the last 10 bytes and requires them to match `#END\s*$`.
     assert re.search(r"#END\s*$", RAW_ROUTES[-10:]), "apisix.yaml must end with #END or APISIX ignores it"
     assert isinstance(conf, dict) and isinstance(config, dict)
-    assert errors(STANDALONE, conf) == []
+    assert errors(DEFINITIONS["standalone"], conf) == []
 
 
 def test_env_references_are_known_documented_and_exported(config):
@@ -892,7 +379,7 @@ def test_routes_validate_and_reference_what_exists(conf):
     upstream_ids = {u["id"] for u in conf["upstreams"]}
     seen_ids, seen_uris = set(), set()
     for route in routes_of(conf):
-        assert errors(ROUTE, route) == [], f"route {route.get('id')}"
+        assert errors(DEFINITIONS["route"], route) == [], f"route {route.get('id')}"
         assert route["id"] not in seen_ids, f"duplicate route id {route['id']}"
         seen_ids.add(route["id"])
         for pattern in uris(route):
@@ -921,30 +408,37 @@ def test_plugins_are_known_enabled_and_valid(conf, config):
             assert errors(CONSUMER_PLUGIN_SCHEMAS[name], plugin_conf) == [], consumer["username"]
 
 
+def test_the_schema_files_hold_draft7_schemas():
+    schemas = [*DEFINITIONS.values(), *PLUGIN_SCHEMAS.values(), *CONSUMER_PLUGIN_SCHEMAS.values(), CONFIG_SCHEMA]
+    for schema in schemas:
+        Draft7Validator.check_schema(schema)  # raises SchemaError naming the mistake
+
+
 def test_the_schemas_reject_mistakes():
     """The transcription bites: typos, wrong types, out-of-range values and unknown fields all fail."""
-    assert errors(LIMIT_COUNT, {"count": 10, "time_window": 60, "key": "remote_addr"}) == []
-    assert errors(LIMIT_COUNT, {"count": 0, "time_window": 60})
-    assert errors(LIMIT_COUNT, {"count": 10})
-    assert errors(LIMIT_COUNT, {"count": 10, "time_window": 60, "rejected_code": 600})
-    assert errors(LIMIT_COUNT, {"count": 10, "time_window": 60, "keytype": "var"})
-    assert errors(LIMIT_REQ, {"rate": 1, "burst": 1})
-    assert errors(KEY_AUTH, {"hide_credential": True})
-    assert errors(CORS, {"allow_origins": "example.com"})
-    assert errors(IP_RESTRICTION, {"whitelist": ["127.0.0.1"], "blacklist": ["10.0.0.1"]})
-    assert errors(IP_RESTRICTION, {"whitelist": ["localhost"]})
-    assert errors(PROXY_REWRITE, {})
-    assert errors(UPSTREAM, {"nodes": {"127.0.0.1:5104": 1}, "timeout": {"connect": 5, "read": 60}})
-    assert errors(UPSTREAM, {"nodes": {"127.0.0.1:5104": 1}, "checks": {"passive": {}}})
-    assert errors(UPSTREAM, {"nodes": {"127.0.0.1:5104": 1}, "checks": {"active": {"http_pth": "/health"}}})
-    assert errors(UPSTREAM, {"nodes": {"127.0.0.1:5104": 1}, "pass_host": "rewrite"})
-    assert errors(ROUTE, {"id": "x", "name": "x", "uri": "/x", "upstream_id": "u", "hosts": ["a.example"]})
+    plugin, upstream, route = PLUGIN_SCHEMAS, DEFINITIONS["upstream"], DEFINITIONS["route"]
+    assert errors(plugin["limit-count"], {"count": 10, "time_window": 60, "key": "remote_addr"}) == []
+    assert errors(plugin["limit-count"], {"count": 0, "time_window": 60})
+    assert errors(plugin["limit-count"], {"count": 10})
+    assert errors(plugin["limit-count"], {"count": 10, "time_window": 60, "rejected_code": 600})
+    assert errors(plugin["limit-count"], {"count": 10, "time_window": 60, "keytype": "var"})
+    assert errors(plugin["limit-req"], {"rate": 1, "burst": 1})
+    assert errors(plugin["key-auth"], {"hide_credential": True})
+    assert errors(plugin["cors"], {"allow_origins": "example.com"})
+    assert errors(plugin["ip-restriction"], {"whitelist": ["127.0.0.1"], "blacklist": ["10.0.0.1"]})
+    assert errors(plugin["ip-restriction"], {"whitelist": ["localhost"]})
+    assert errors(plugin["proxy-rewrite"], {})
+    assert errors(upstream, {"nodes": {"127.0.0.1:5104": 1}, "timeout": {"connect": 5, "read": 60}})
+    assert errors(upstream, {"nodes": {"127.0.0.1:5104": 1}, "checks": {"passive": {}}})
+    assert errors(upstream, {"nodes": {"127.0.0.1:5104": 1}, "checks": {"active": {"http_pth": "/health"}}})
+    assert errors(upstream, {"nodes": {"127.0.0.1:5104": 1}, "pass_host": "rewrite"})
+    assert errors(route, {"id": "x", "name": "x", "uri": "/x", "upstream_id": "u", "hosts": ["a.example"]})
 
 
 def test_upstream_is_health_checked_with_room_for_slow_answers(conf):
     assert len(conf["upstreams"]) >= 1
     for upstream in conf["upstreams"]:
-        assert errors(UPSTREAM, upstream) == [], upstream.get("id")
+        assert errors(DEFINITIONS["upstream"], upstream) == [], upstream.get("id")
         assert upstream["scheme"] == "http" and upstream["pass_host"] in ("pass", "node")
         for node in upstream["nodes"]:
             host, _, port = node.rpartition(":")
@@ -966,7 +460,7 @@ def test_consumers_take_keys_from_the_environment(conf):
     consumers = raw["consumers"]
     assert {c["username"] for c in consumers} >= {"client", "admin"}
     for consumer in consumers:
-        assert errors(CONSUMER, consumer) == [], consumer.get("username")
+        assert errors(DEFINITIONS["consumer"], consumer) == [], consumer.get("username")
         key = consumer["plugins"]["key-auth"]["key"]
         refs = ENV_REF.findall(key)
         assert len(refs) == 1, f"consumer {consumer['username']}: the key must come from one ${{{{VAR}}}}"
@@ -1012,7 +506,7 @@ def test_cors_origins_are_explicit_and_never_wildcard_with_credentials(origins):
         if cors is None:
             continue
         found += 1
-        assert errors(CORS, cors) == [], where
+        assert errors(PLUGIN_SCHEMAS["cors"], cors) == [], where
         # cors.lua check_schema: with allow_credential no option may be '*' (the first three default to it).
         if cors.get("allow_credential"):
             defaults = {"allow_origins": "*", "allow_methods": "*", "allow_headers": "*"}

@@ -15,7 +15,7 @@ import pytest
 from app.errors import UpstreamError
 from app.providers.breaker import Breaker
 from app.store.breaker_state import FileState, RedisState
-from tests.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer
 from tests.upstreams.script import Status
 
 HI = [{"role": "user", "content": "hi"}]
@@ -49,6 +49,7 @@ def _status(app_client, admin, name="yupp2api"):
     return next(p for p in data if p["name"] == name)
 
 
+@pytest.mark.slow  # waits out the cool-down
 def test_breaker_opens_probes_and_closes(serve, make_app, settings, openai_for, yupp, admin):
     server = serve(**settings)
     client = openai_for(server)
@@ -72,6 +73,7 @@ def test_breaker_opens_probes_and_closes(serve, make_app, settings, openai_for, 
     assert status["circuit"]["last_success_at"]
 
 
+@pytest.mark.slow  # waits out the cool-down
 def test_failed_probe_reopens_at_once(serve, settings, openai_for, yupp):
     client = openai_for(serve(**settings))
     yupp.script(*[Status(500)] * 4)
@@ -132,6 +134,7 @@ def test_only_one_process_gets_the_half_open_probe(tmp_path):
     assert [first.allow("p"), second.allow("p")] == [True, False]
 
 
+@pytest.mark.slow  # its own redis-server, then the cool-down
 def test_breaker_state_in_redis_is_shared(tmp_path):
     server = RedisServer(tmp_path)
     try:

@@ -63,6 +63,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
 def test_first_deploy_sets_everything_up(home):
     (home / "storage" / "sessions.json").write_text('{"version": 1, "sessions": {}}')
     result = deploy(home)
@@ -80,6 +81,7 @@ def test_first_deploy_sets_everything_up(home):
     assert values["GATEWAY_ADMIN_KEY"] not in result.stdout  # generated, stored, not printed
 
 
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
 def test_second_deploy_changes_no_secret_and_keeps_edits(home):
     assert deploy(home).returncode == 0
     (home / ".env").write_text((home / ".env").read_text().replace("LOG_REQUESTS=false", "LOG_REQUESTS=true"))
@@ -95,6 +97,7 @@ def test_second_deploy_changes_no_secret_and_keeps_edits(home):
     assert len(list((home / "backups").glob("storage-*.tar.gz"))) >= 1
 
 
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
 def test_settings_new_in_the_example_are_added_without_touching_others(home):
     (home / ".env").write_text("GATEWAY_ADMIN_KEY=my-own-admin-key-that-is-long-enough\n")
     assert deploy(home).returncode == 0
@@ -104,6 +107,7 @@ def test_settings_new_in_the_example_are_added_without_touching_others(home):
     assert len(values["GATEWAY_CRON_TOKEN"]) >= 32
 
 
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
 def test_dry_run_changes_nothing(home):
     (home / "storage" / "sessions.json").write_text('{"version": 1, "sessions": {}}')
     before = sorted(p.relative_to(home) for p in home.rglob("*"))
@@ -113,6 +117,7 @@ def test_dry_run_changes_nothing(home):
     assert "would run: tar -czf" in result.stdout and "would generate GATEWAY_ADMIN_KEY" in result.stdout
 
 
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
 def test_a_bad_setting_stops_before_restarting(home):
     (home / ".env").write_text("LMARENA_BRIDGE_TIMEOUT=soon\n")
     result = deploy(home)
@@ -123,9 +128,9 @@ def test_a_bad_setting_stops_before_restarting(home):
 
 def test_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck is missing: run tests/install-system-deps.sh (make test does)"
+    assert shellcheck, "shellcheck is missing: run tests/helpers/install-system-deps.sh (make test does)"
     result = subprocess.run(
-        [shellcheck, "cpanel/deploy.sh", ".ci/run", "tests/install-system-deps.sh"],
+        [shellcheck, "cpanel/deploy.sh", ".ci/run", "tests/helpers/install-system-deps.sh"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from app.config import ConfigError, load_settings
-from tests.sseclient_raw import RawStream, stream_chat
+from tests.helpers.sseclient_raw import RawStream, stream_chat
 from tests.upstreams.fake_bridge import DEFAULT_REPLY as BRIDGE_REPLY
 from tests.upstreams.fake_yupp import DEFAULT_REPLY as YUPP_REPLY
 from tests.upstreams.httpserver import FakeUpstream, wait_until
@@ -186,6 +186,7 @@ def closed_port():
         yield sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fault", "provider", "stream"), CASES, ids=lambda v: {True: "stream", False: "json"}.get(v, v)
 )
@@ -225,6 +226,7 @@ def test_fault_ends_in_clean_error_and_frees_the_worker(
 STREAM_FAULTS = ("reset", "stall", "garbage", "huge", "drop")
 
 
+@pytest.mark.slow
 def test_many_faulted_streams_leave_the_server_answering_concurrent_requests(
     serve, with_yupp, bridge, yupp, openai_for, auth
 ):

@@ -292,6 +292,7 @@ def test_openapi_hostile_inputs_conform(gateway):
         assert response.status_code == 400, (port, response.text)
 
 
+@pytest.mark.slow  # schemathesis: every operation, generated cases against a live gateway
 @schema.parametrize()
 def test_openapi_gateway_conforms(case, gateway):
     response = case.call_and_validate(base_url=gateway.url, allow_redirects=False)
@@ -317,6 +318,7 @@ unauthenticated = schemathesis.openapi.from_dict(
 ).include(path_regex=KEYED)
 
 
+@pytest.mark.slow  # schemathesis against a live gateway
 @unauthenticated.parametrize()
 def test_openapi_keyed_operations_answer_401_without_a_key(case, gateway):
     response = case.call(base_url=gateway.url, allow_redirects=False)

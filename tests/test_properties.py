@@ -31,6 +31,9 @@ from app.validation import ROLES, parse_chat_request, parse_image_request
 from tests.upstreams.fake_bridge import CLOUDFLARE, NETWORK_ERROR, NO_BROWSER, RATE_LIMITED, TOO_LARGE
 from tests.upstreams.httpserver import FakeUpstream, UpstreamHandler
 
+# Hundreds of generated examples per test, some through a live gateway: seconds each, so not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # The same examples on every run (CI included), none remembered between runs, no per-example time limit.
 REPRODUCIBLE = settings(derandomize=True, database=None, deadline=None)
 

@@ -17,7 +17,7 @@ from app.ratelimit import Limiter, RedisCells, SQLiteCells
 from tests.conftest import CLIENT_KEY
 
 HI = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
-WORKER = str(Path(__file__).with_name("ratelimit_worker.py"))
+WORKER = str(Path(__file__).parent / "helpers" / "ratelimit_worker.py")
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -178,6 +178,7 @@ def test_keys_are_not_stored_in_the_limit_file(make_app, auth, tmp_path):
     assert CLIENT_KEY.encode() not in stored
 
 
+@pytest.mark.slow  # 4 worker processes
 def test_processes_share_one_allowance_exactly(tmp_path):
     path, barrier, workers = str(tmp_path / "ratelimit.sqlite3"), tmp_path / "barrier", 4
     barrier.mkdir()

@@ -117,6 +117,7 @@ def test_503_then_success_is_retried(client, yupp):
     assert reply.headers["X-Gateway-Attempts"] == "3"
 
 
+@pytest.mark.slow  # waits out Retry-After: 1
 def test_retry_after_is_honoured(gateway, openai_for, yupp):
     client = openai_for(gateway(GATEWAY_RETRY_AFTER_CAP=5))
     yupp.script(Status(429, retry_after=1))
@@ -234,6 +235,7 @@ def test_stream_falls_back_before_first_byte(gateway, openai_for, bridge, yupp):
     assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "Hello from the real bridge"
 
 
+@pytest.mark.slow  # runs the 1 s budget out
 def test_request_budget_bounds_all_attempts(gateway, openai_for, yupp):
     client = openai_for(gateway(GATEWAY_REQUEST_BUDGET_SECONDS=1, YUPP2API_TIMEOUT=10))
     yupp.script(Delay(5))

@@ -24,7 +24,7 @@ from app.store.base import Session, utcnow
 from app.store.file_store import JsonSessionStore
 from app.store.locked_file import LockedJsonFile
 
-WORKER = str(Path(__file__).with_name("store_worker.py"))
+WORKER = str(Path(__file__).parent / "helpers" / "store_worker.py")
 
 
 def _workers(path, tmp_path, count, per_worker):
@@ -74,6 +74,7 @@ def _acknowledged(tmp_path) -> set[str]:
     return {line for ack in tmp_path.glob("ack-*.txt") for line in ack.read_text().split()}
 
 
+@pytest.mark.slow  # 8 worker processes, 1,600 registrations
 def test_eight_processes_lose_no_registration(tmp_path):
     path = tmp_path / "sessions.json"
     with watching(path) as watcher:
@@ -86,6 +87,7 @@ def test_eight_processes_lose_no_registration(tmp_path):
     assert watcher.reads > 0
 
 
+@pytest.mark.slow  # 8 worker processes, killed mid-run
 def test_sigkill_mid_run_leaves_a_valid_file_and_every_acknowledged_write(tmp_path):
     path = tmp_path / "sessions.json"
     with watching(path) as watcher:

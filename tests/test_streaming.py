@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.sseclient_raw import open_stream, read_frames, stream_chat
+from tests.helpers.sseclient_raw import open_stream, read_frames, stream_chat
 from tests.upstreams.script import Stall
 
 
@@ -34,6 +34,7 @@ def test_stream_passes_upstream_chunks_through_unchanged(live, auth, bridge):
     assert result.data[1].startswith('{"id": "chatcmpl-')
 
 
+@pytest.mark.slow
 def test_stream_sends_keepalives_while_waiting_for_first_token(live, auth, bridge):
     bridge.first_chunk_delay = 2.6  # keep-alive interval is 1 s in the test app
     result = stream_chat(live.url, _body(), auth)
@@ -44,6 +45,7 @@ def test_stream_sends_keepalives_while_waiting_for_first_token(live, auth, bridg
     )
 
 
+@pytest.mark.slow
 def test_stream_slow_upstream_headers_still_get_keepalives(live, auth, bridge):
     bridge.headers_delay = 1.6
     result = stream_chat(live.url, _body(), auth)
@@ -52,6 +54,7 @@ def test_stream_slow_upstream_headers_still_get_keepalives(live, auth, bridge):
     assert result.data[-1] == "[DONE]"
 
 
+@pytest.mark.slow
 def test_stream_refusal_after_commit_becomes_error_chunk(live, auth, bridge):
     bridge.headers_delay = 1.6
     bridge.no_browser = True
@@ -94,6 +97,7 @@ def test_stream_garbage_before_any_content_is_retried_then_a_real_502(live, auth
     assert len([r for r in bridge.requests if r.path == "/v1/chat/completions"]) == 2  # LMARENA_BRIDGE_MAX_RETRIES=1
 
 
+@pytest.mark.slow
 def test_stream_slow_first_token_is_ended_by_first_byte_timeout(serve, auth, bridge):
     bridge.first_chunk_delay = 4
     server = serve(LMARENA_BRIDGE_TIMEOUT=1, LMARENA_BRIDGE_MAX_RETRIES=0)
@@ -131,6 +135,7 @@ def test_client_disconnect_mid_stream_closes_upstream(live, auth, bridge):
     assert bridge.wait_until(lambda: bridge.open_streams == 0, timeout=2)
 
 
+@pytest.mark.slow
 def test_client_disconnect_while_waiting_for_first_token_closes_upstream(live, auth, bridge):
     bridge.first_chunk_delay = 30
     conn, response = open_stream(live.url, _body(), auth)

@@ -134,7 +134,7 @@ class Chromium:
     def start(self) -> Self:
         """Start the event loop thread, Playwright and Chromium."""
         if not Path(CHROMIUM).exists():
-            raise RuntimeError(f"{CHROMIUM} is missing: run `sh tests/install-system-deps.sh` as root")
+            raise RuntimeError(f"{CHROMIUM} is missing: run `sh tests/helpers/install-system-deps.sh` as root")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="playwright-loop", daemon=True)
         self._thread.start()

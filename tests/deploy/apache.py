@@ -42,7 +42,7 @@ APACHE_MODULES = ("mpm_event", "authz_core", "dir", "mime", "env", "setenvif", "
 
 
 def missing_tools() -> list[str]:
-    """Return what this machine lacks to deploy (run tests/install-system-deps.sh as root to get it)."""
+    """Return what this machine lacks to deploy (run tests/helpers/install-system-deps.sh as root to get it)."""
     needed = {
         APACHE: "apache2",
         str(MODULES / "mod_passenger.so"): "libapache2-mod-passenger",

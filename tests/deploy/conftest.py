@@ -13,7 +13,7 @@ def deployment(request, tmp_path_factory):
     missing = missing_tools()
     if missing:
         # make test installs them first: a missing one is a broken set-up to see, not a test to skip quietly.
-        pytest.fail(f"needs Debian packages {' '.join(missing)} (run tests/install-system-deps.sh as root)")
+        pytest.fail(f"needs Debian packages {' '.join(missing)} (run tests/helpers/install-system-deps.sh as root)")
     # pip's cache outlives the session in pytest's cache folder, so later sessions install from it quickly.
     cache = getattr(request.config, "cache", None)
     pip_cache = cache.mkdir("deploy-pip-cache") if cache is not None else tmp_path_factory.mktemp("pip-cache")

@@ -331,7 +331,8 @@ class FakeUpstream:
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            # perf: stop() waits for the loop's next poll; at 0.05 s that was 47 ms a test, 20 s of make test-fast.
+            kwargs={"poll_interval": 0.005},
             name=f"{type(self).__name__}:{self._port}",
             daemon=True,
         )

@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from app.errors import StoreError  # noqa: E402
 from app.store.base import Session, utcnow  # noqa: E402

@@ -18,7 +18,9 @@ class RedisServer:
     def __init__(self, workdir) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: run tests/install-system-deps.sh (make test does)")
+            raise RuntimeError(
+                "redis-server is not installed: run tests/helpers/install-system-deps.sh (make test does)"
+            )
         self.port = free_port()
         self.process = subprocess.Popen(
             [
