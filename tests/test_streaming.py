@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -158,3 +159,22 @@ def test_consecutive_answers_reuse_one_upstream_connection(openai_client, bridge
             assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
     # The model list was fetched once first; every answer after it rode the same kept-alive connection.
     assert bridge.accepted == 1, bridge.accepted
+
+
+@pytest.mark.parametrize("use_poll", [True, False], ids=["poll", "select"])
+def test_readable_waits_for_bytes_or_the_end(monkeypatch, use_poll):
+    # select() is the path on Windows, where there is no poll(); both must say the same on a real socket pair.
+    from app.providers import exchange
+
+    if not use_poll:
+        monkeypatch.setattr(exchange, "_poll", None)
+    left, right = socket.socketpair()
+    with left, right:
+        started = time.monotonic()
+        assert not exchange._readable(left, 0.2)
+        assert time.monotonic() - started >= 0.15  # it waited, rather than answering at once
+        right.sendall(b"data: x\n\n")
+        assert exchange._readable(left, 5)
+        left.recv(64)
+        right.shutdown(socket.SHUT_WR)  # the end of the stream is readable too: the read returns b""
+        assert exchange._readable(left, 5)

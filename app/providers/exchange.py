@@ -36,9 +36,7 @@ class Exchange:
         sock = self.conn.sock
         if sock is None:
             return True  # closed under us: the read says how
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(max(0.0, timeout) * 1000))
+        return _readable(sock, max(0.0, timeout))
 
     def _buffered(self) -> bool:
         """Return whether bytes already read off the socket wait in a buffer (the socket would not say so)."""
@@ -117,3 +115,17 @@ def release(response: Response) -> None:
     response.close()
     # Give the pool its slot back (holding a closed connection, replaced on next use).
     response.release_conn()
+
+
+def _readable(sock: Any, timeout: float) -> bool:
+    """Return whether sock has bytes (or its end) within timeout seconds."""
+    if _poll is None:  # Windows: no poll(), and select() takes sockets there
+        return bool(select.select([sock], [], [], timeout)[0])
+    poller = _poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(timeout * 1000))
+
+
+# poll() has no limit on descriptor numbers, unlike select(): a busy gateway can hold more than 1024 open.
+_poll = getattr(select, "poll", None)
+
