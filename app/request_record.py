@@ -90,8 +90,11 @@ class RequestRecord:
 
 
 def current() -> RequestRecord:
-    """Return this request's record."""
-    return g._record
+    """Return this request's record (made here if a hook before _start already needs it)."""
+    record = g.get("_record")
+    if record is None:
+        record = g._record = RequestRecord(uuid.uuid4().hex)
+    return record
 
 
 def init_app(app: Flask) -> None:
@@ -117,7 +120,7 @@ def _start() -> None:
 
 
 def _finish(response: Response) -> Response:
-    record: RequestRecord = g.get("_record") or RequestRecord(uuid.uuid4().hex)
+    record = current()
     response.headers["X-Request-Id"] = record.request_id
     if record.provider:
         response.headers["X-Gateway-Provider"] = record.provider
