@@ -1,4 +1,4 @@
-"""Read the recorded upstream exchanges in shared/upstream-captures (sections request, response, timing, body)."""
+"""Read the recorded upstream exchanges in tests/upstreams/captures (sections request, response, timing, body)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def captures_dir() -> Path:
     override = os.environ.get(ENV_VAR)
     if override:
         return Path(override)
-    # A copy of shared/upstream-captures (real exchanges with LMArenaBridge and yupp2Api), so a fresh clone
-    # can run the whole suite; point UPSTREAM_CAPTURES_DIR at the shared folder to check against the originals.
+    # Real exchanges recorded with LMArenaBridge and yupp2Api, kept here so a fresh clone runs the whole suite;
+    # point UPSTREAM_CAPTURES_DIR at another recording to check the fakes against it.
     return Path(__file__).resolve().parent / "captures"
 
 

@@ -1,4 +1,4 @@
-"""Fake LMArenaBridge (HEAD a5d087b) that answers byte for byte like shared/upstream-captures/lmab_*.txt."""
+"""Fake LMArenaBridge (HEAD a5d087b) that answers byte for byte like tests/upstreams/captures/lmab_*.txt."""
 
 from __future__ import annotations
 

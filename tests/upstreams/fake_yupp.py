@@ -1,4 +1,4 @@
-"""Fake yupp2Api (Jasondeepny HEAD 6fed432) that answers byte for byte like shared/upstream-captures/yupp_*.txt."""
+"""Fake yupp2Api (Jasondeepny HEAD 6fed432) that answers byte for byte like tests/upstreams/captures/yupp_*.txt."""
 
 from __future__ import annotations
 
