@@ -50,9 +50,13 @@ class Exchange:
             return False  # before the head: http.client has read nothing yet
         # http.client reads the socket 8 KiB at a time: a chunk may sit in its buffer, or in OpenSSL's. Peek
         # without blocking (a timeout of 0 makes the socket non-blocking; it is set again before every read).
+        # After a chunk's data, its closing \r\n waits in the buffer until the next chunk is read: alone, it is
+        # not something to read, and taking it as such would block the read until the next chunk comes.
+        raw = response._fp
+        pending = 2 if raw.chunked and raw.chunk_left == 0 else 0
         sock.settimeout(0)
         try:
-            return bool(fp.peek(1))
+            return len(fp.peek(pending + 1)) > pending
         except (BlockingIOError, ssl.SSLWantReadError):
             return False
         except READ_ERRORS:
