@@ -131,6 +131,7 @@ def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
                 record.content()
                 yield b"".join(batch)
                 batch = []
+                beat.restart()  # keep-alives fill silences only
             if not stream.ready(beat.left()):
                 if beat.passed():
                     # Also how a gone client is noticed under Passenger: the write fails.

@@ -46,6 +46,27 @@ def test_stream_sends_keepalives_while_waiting_for_first_token(live, auth, bridg
     )
 
 
+
+@pytest.mark.slow
+def test_stream_flowing_past_the_keepalive_interval_gets_no_keepalives(live, auth, bridge):
+    bridge.reply = " ".join(["word"] * 40)
+    bridge.chunk_delay = 0.05  # 40 chunks over ~2 s, twice the test app's 1 s keep-alive interval
+    result = stream_chat(live.url, _body(), auth)
+    assert result.data[-1] == "[DONE]"
+    assert result.frames[-1][0] - result.frames[0][0] > 1.5
+    # Keep-alives fill silences; content flowing all along leaves none to fill.
+    assert result.comments == []
+
+
+@pytest.mark.slow
+def test_stream_pausing_after_content_gets_keepalives_in_the_pause(live, auth, bridge):
+    bridge.script(Stall(after_chunks=2, seconds=2.5))  # a model that stops to think mid-answer
+    result = stream_chat(live.url, _body(), auth)
+    assert result.data[-1] == "[DONE]"
+    first_content = next(i for i, (_, f) in enumerate(result.frames) if b'"content": "Hello"' in f)
+    # Written during the pause, while the upstream is silent: how a client (and Passenger) sees the stream alive.
+    assert [f for _, f in result.frames[first_content:] if f == b": keep-alive\n\n"]
+
 @pytest.mark.slow
 def test_stream_slow_upstream_headers_still_get_keepalives(live, auth, bridge):
     bridge.headers_delay = 1.6

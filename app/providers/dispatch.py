@@ -64,6 +64,10 @@ class Beat:
         self.due = now + self.interval
         return True
 
+    def restart(self) -> None:
+        """Start a new interval: something was just written, so no keep-alive is needed for a while."""
+        self.due = time.monotonic() + self.interval
+
 
 @dataclass
 class Dispatcher:
