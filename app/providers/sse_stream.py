@@ -57,7 +57,7 @@ class SSEChatStream(ChatStream):
             return None
         exchange = self.exchange
         if exchange.response is None:
-            response = exchange.head(self.timer.read_timeout())
+            response = exchange.head(self.timer.read_timeout(), self.timer.first_byte)
             # Refusals come as plain JSON with an error status, even when a stream was asked for.
             if response.status != 200:
                 raise self.refuse(response.status, read_error_body(response), response.headers)

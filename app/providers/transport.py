@@ -13,7 +13,7 @@ import urllib3
 
 from .. import version
 from ..errors import UpstreamError, UpstreamTimeout
-from .exchange import READ_ERRORS, READ_SIZE, Exchange, Response, release
+from .exchange import READ_ERRORS, READ_SIZE, Exchange, Response, discard, release
 from .upstream_errors import stream_broken, tls_failed, too_large, unreachable
 
 USER_AGENT = f"lmarena-gateway/{version.__version__}"
@@ -136,25 +136,22 @@ class UpstreamClient:
                 preload_content=False,
                 decode_content=True,
             )
-        except urllib3.exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it is a subclass
-            raise unreachable(self.label, self.public_url, exc) from None
-        except urllib3.exceptions.ConnectTimeoutError:
-            raise self.connect_timed_out() from None
         except urllib3.exceptions.ReadTimeoutError:
             raise UpstreamTimeout(f"{self.label} did not answer within {timeout.read_timeout:g} s.") from None
-        except urllib3.exceptions.SSLError as exc:
-            raise tls_failed(self.label, self.public_url, exc) from None
-        except urllib3.exceptions.ProtocolError as exc:
-            raise unreachable(self.label, self.public_url, exc) from None
         except (urllib3.exceptions.HTTPError, ValueError) as exc:  # ValueError: a header http.client refuses
-            raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
+            raise self.send_failed(exc) from None
 
     def send_stream(self, path: str, body: Any, headers: dict[str, str] | None) -> Exchange:
-        """Send a POST that asks for SSE on a pooled connection, without waiting for the answer's head."""
+        """Send a POST that asks for SSE on a pooled connection, without waiting for the answer's head.
+
+        Connecting and sending wait on the socket (at most the connect timeout each); the answer is waited for
+        through the Exchange.
+        """
         data = _encode(body)
-        conn = self.pool._get_conn()
-        conn.timeout = self.connect_timeout
+        conn = None
         try:
+            conn = self.pool._get_conn()
+            conn.timeout = self.connect_timeout
             conn.request(
                 "POST",
                 self.prefix + path,
@@ -163,21 +160,24 @@ class UpstreamClient:
                 preload_content=False,
                 decode_content=True,
             )
-        except BaseException as exc:
-            conn.close()
-            self.pool._put_conn(None)  # the slot, not the broken connection, goes back
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):  # first: it is a ConnectTimeoutError too
-                raise unreachable(self.label, self.public_url, exc) from None
-            if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-                raise self.connect_timed_out() from None
-            if isinstance(exc, ssl.SSLError | urllib3.exceptions.SSLError):
-                raise tls_failed(self.label, self.public_url, exc) from None
-            if isinstance(exc, OSError | urllib3.exceptions.HTTPError):
-                raise unreachable(self.label, self.public_url, exc) from None
-            if isinstance(exc, ValueError):  # a header http.client refuses
-                raise UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.") from None
-            raise
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if conn is not None:
+                discard(self.pool, conn)
+            raise self.send_failed(exc) from None
         return Exchange(self, conn)
+
+    def send_failed(self, exc: BaseException) -> UpstreamError:
+        """Translate a failure to connect or to send a request (before any answer)."""
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):  # first: it is a ConnectTimeoutError too
+            return unreachable(self.label, self.public_url, exc)
+        if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+            return self.connect_timed_out()
+        if isinstance(exc, ssl.SSLError | urllib3.exceptions.SSLError):
+            return tls_failed(self.label, self.public_url, exc)
+        if isinstance(exc, OSError | urllib3.exceptions.ProtocolError):
+            return unreachable(self.label, self.public_url, exc)
+        # A header http.client refuses (ValueError), a pool closed meanwhile, or another urllib3 failure.
+        return UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.")
 
     def connect_timed_out(self) -> UpstreamTimeout:
         """Return the error for a connection not accepted in time."""
