@@ -94,6 +94,7 @@ class ChunkRelay:
         return fill_usage(self.upstream_usage, self.request.body.get("messages"), self.completion_chars)
 
     def usage_frame(self) -> bytes:
+        """Return the usage chunk OpenAI sends last when stream_options.include_usage asks for it."""
         return sse.json_frame(self._chunk([], usage=self.usage()))
 
     def _chunk(self, choices: list, **extra: Any) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
             yield sse.KEEPALIVE
             opening.wait_one_interval()
         opened = opening.opened
-        record.opened(opened.provider.name)
+        record.served_by(opened.provider.name)
         stream, beat = opened.stream, opening.beat  # closed in finally, through opening
         batch: list[bytes] = []
         for chunk in opened.held:
@@ -148,11 +149,20 @@ def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
         error: GatewayError = ensure_gateway_error(exc, "the upstream")
         if opening.opened is not None:
             opening.dispatcher.failed_after_start(opening.opened.provider, error)
+        else:
+            record.served_by(opening.dispatcher.last_provider)  # who was asked last, as a refused JSON answer says
         record.error_code = error.code
         log.info("stream ended with error: %s", error.code)
         tail.append(sse.json_frame(error.to_dict()))
-    finally:
+    except BaseException:
+        # The client went away (GeneratorExit): drop the upstream at once; the stream is still recorded.
         opening.close()
-        # Recorded before [DONE] goes out: a client that reads its analytics right after finds the request.
         record.stream_finished(chunks.usage())
-    yield b"".join((*tail, sse.DONE))
+        raise
+    # Recorded before [DONE] goes out: a client that reads its analytics right after finds the request.
+    record.stream_finished(chunks.usage())
+    try:
+        yield b"".join((*tail, sse.DONE))
+    finally:
+        # After [DONE]: reading the end of the upstream's body (so its connection is reused) never delays it.
+        opening.close()

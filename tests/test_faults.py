@@ -285,3 +285,48 @@ def test_max_upstream_bytes_has_a_floor():
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"GATEWAY_MAX_UPSTREAM_BYTES": "1024"}, dotenv_path=None)
     assert str(caught.value).startswith("GATEWAY_MAX_UPSTREAM_BYTES=") and "65536" in str(caught.value)
+
+
+class RawAnswers(FakeUpstream):
+    """An upstream that lists the bridge's model, then answers every chat with `answer`, byte for byte."""
+
+    server_header = "uvicorn"
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def handle(self, h) -> None:
+        if h.route_path == "/v1/models":
+            h.send_json(200, {"object": "list", "data": [{"id": BRIDGE.model, "object": "model", "created": 0}]})
+        else:
+            h.write(self.answer)
+            h.drop_connection()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_garbage_status_line_is_a_502_and_retried(serve, auth, stream):
+    # What http.client cannot parse as an answer (not HTTP at all) is the upstream's fault, like a reset.
+    with RawAnswers(b"garbage\r\n\r\n") as upstream:
+        server = serve(LMARENA_BRIDGE_BASE_URL=upstream.url, LMARENA_BRIDGE_MAX_RETRIES=1)
+        result = stream_chat(server.url, {"model": BRIDGE.model, "messages": messages("hi"), "stream": stream}, auth)
+        assert result.status == 502
+        assert error_code(json.loads(result.raw_body)) in ("upstream_stream_broken", "upstream_unreachable")
+        assert len([r for r in upstream.requests if r.path == "/v1/chat/completions"]) == 2
+
+
+def test_a_failed_answer_head_gives_its_pool_slot_back_once():
+    from app.providers.transport import UpstreamClient
+
+    with RawAnswers(b"") as upstream:  # accepts the request, then hangs up without a word
+        client = UpstreamClient("Upstream", upstream.url, connect_timeout=2, read_timeout=2, pool_size=2)
+        free = client.pool.pool.qsize()
+        exchange = client.send_stream("/v1/chat/completions", {"model": "m"}, None)
+        assert client.pool.pool.qsize() == free - 1
+        assert exchange.ready(2)
+        with pytest.raises(Exception) as caught:
+            exchange.head(2, 2)
+        assert getattr(caught.value, "code", None) == "upstream_stream_broken"
+        exchange.drop()  # what the stream's close() does after a failure: the slot must not go back twice
+        assert client.pool.pool.qsize() == free
+        client.close()

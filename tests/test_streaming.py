@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.helpers.sseclient_raw import open_stream, read_frames, stream_chat
+from tests.upstreams.httpserver import FakeUpstream
 from tests.upstreams.script import Stall
 
 
@@ -199,3 +200,46 @@ def test_readable_waits_for_bytes_or_the_end(monkeypatch, use_poll):
         left.recv(64)
         right.shutdown(socket.SHUT_WR)  # the end of the stream is readable too: the read returns b""
         assert exchange._readable(left, 5)
+
+
+class SlowEnd(FakeUpstream):
+    """An upstream that sends its answer and [DONE] at once, then trickles comments before ending the body."""
+
+    server_header = "uvicorn"
+
+    def handle(self, h) -> None:
+        if h.route_path == "/v1/models":
+            h.send_json(200, {"object": "list", "data": [{"id": "gpt-5", "object": "model", "created": 0}]})
+            return
+        h.start_stream()
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-5"}
+        delta = {"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}
+        h.write_chunk(b"data: " + json.dumps({**chunk, "choices": [delta]}).encode() + b"\n\n")
+        h.write_chunk(b"data: [DONE]\n\n")
+        for _ in range(4):
+            h.wait(0.3)
+            h.write_chunk(b": still here\n\n")
+        h.end_stream()
+
+
+def test_done_is_not_held_back_by_an_upstream_slow_to_end_its_body(serve, auth):
+    with SlowEnd() as upstream:
+        server = serve(LMARENA_BRIDGE_BASE_URL=upstream.url)
+        result = stream_chat(server.url, _body(), auth)
+        assert result.data[-1] == "[DONE]"
+        content_at = next(t for t, f in result.frames if b'"Hi"' in f)
+        # Reading the body's end (to reuse the connection) happens after [DONE] is written, within 0.25 s in all.
+        assert result.frames[-1][0] - content_at < 0.2
+
+
+@pytest.mark.slow
+def test_role_chunk_then_a_long_think_sends_headers_and_keepalives_early(serve, with_yupp, yupp, auth):
+    server = serve(**with_yupp)
+    yupp.script(Stall(after_chunks=1, seconds=2.5))  # yupp2Api's role chunk at once, then 2.5 s before content
+    started = time.monotonic()
+    body = {"model": "GPT-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    result = stream_chat(server.url, body, {**auth, "X-Provider": "yupp2api"})
+    assert result.status == 200 and result.data[-1] == "[DONE]"
+    # The response starts after one keep-alive interval (1 s here), whatever the upstream is still thinking.
+    assert result.frames[0][0] - started < 1.6
+    assert result.comments
