@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import auth, providers, ratelimit, registration_tokens, request_record, security_headers, store
+from . import analytics, auth, providers, ratelimit, registration_tokens, request_record, security_headers, store
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -67,6 +67,7 @@ def register_services(app: Flask) -> None:
     store.init_app(app)
     registration_tokens.init_app(app)
     auth.init_app(app)
+    analytics.init_app(app)
     request_record.init_app(app)
     ratelimit.init_app(app)
     providers.init_app(app)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app
 
 from . import analytics
-from .request_record import recorder
+from .analytics import recorder
 from .store import get_store
 from .store.base import isoformat, utcnow
 

@@ -11,9 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from .analytics import Recorder
-from .config import ConfigError
-from .errors import AnalyticsError
+from .analytics import Recorder, recorder
 
 log = logging.getLogger("app.requests")
 
@@ -73,10 +71,8 @@ class RequestRecord:
         if target is not None:
             target.stream_started(self.request_id, self.provider, self.model)
 
-    def opened(self, provider: str) -> None:
-        self.provider = provider
-
     def content(self) -> None:
+        """Note the moment the first content went out (later calls change nothing)."""
         if self.first_content is None:
             self.first_content = time.perf_counter()
 
@@ -99,19 +95,8 @@ def current() -> RequestRecord:
 
 def init_app(app: Flask) -> None:
     """Give every request a record and an id; answer with who served; log a line and record /v1 answers."""
-    app.extensions["analytics"] = None
-    if app.config["GATEWAY_ENABLE_SESSION_ANALYTICS"]:
-        try:
-            app.extensions["analytics"] = Recorder(app.config["GATEWAY_ANALYTICS_PATH"])
-        except AnalyticsError as exc:
-            raise ConfigError(f"GATEWAY_ANALYTICS_PATH: {exc.message}") from None
     app.before_request(_start)
     app.after_request(_finish)
-
-
-def recorder() -> Recorder | None:
-    """Return the current app's analytics recorder, or None when analytics are off."""
-    return current_app.extensions.get("analytics")
 
 
 def _start() -> None:

@@ -8,10 +8,10 @@ import time
 from flask import Blueprint, Response, current_app, request
 
 from .. import analytics, request_record
+from ..analytics import recorder
 from ..analytics.prometheus import CONTENT_TYPE, render
 from ..auth import ADMIN, IN_VIEW, METRICS, Guard, require_session
 from ..errors import InvalidRequestError, NotFoundError
-from ..request_record import recorder
 from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
 

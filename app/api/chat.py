@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from .. import request_record, sse
+from .. import analytics, request_record, sse
 from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..relay import Opening, relay
@@ -56,5 +56,5 @@ def _stream(opening: Opening, record: request_record.RequestRecord) -> Response:
         record.served_by(opening.dispatcher.last_provider)
         opening.close()
         raise
-    record.stream_started(request_record.recorder())
+    record.stream_started(analytics.recorder())
     return Response(relay(opening, record), headers=sse.HEADERS)

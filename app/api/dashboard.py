@@ -10,11 +10,11 @@ from typing import Any
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
 from .. import analytics
+from ..analytics import recorder
 from ..analytics.charts import bucket_layout, latency_chart, requests_chart
 from ..auth import COOKIE, DASHBOARD, IN_VIEW, Guard, admin_key_ok, dashboard_cookie
 from ..errors import AnalyticsError, AuthenticationError, InvalidRequestError, StoreError
 from ..providers import get_router
-from ..request_record import recorder
 from ..security_headers import PAGE_HEADERS
 from ..session_rules import active_since
 from ..store import get_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .transport import redact_url
+from .transport import MAX_UPSTREAM_BYTES, redact_url
 
 
 @dataclass
@@ -81,7 +81,7 @@ class ProviderSettings:
     models_cache_seconds: float = 30.0
     health_timeout: float = 2.0
     # The longest non-stream answer, or single stream event, read from the upstream.
-    max_response_bytes: int = 32 * 1024 * 1024
+    max_response_bytes: int = MAX_UPSTREAM_BYTES
     # PEM certificates trusted for an https:// upstream instead of certifi's public CAs ("" = certifi).
     ca_file: str = ""
 
@@ -109,6 +109,7 @@ class Provider:
 
     @property
     def max_retries(self) -> int:
+        """Return how many times a failed request may be sent again to this provider."""
         return self.settings.max_retries
 
     def chat(self, request: ChatRequest, timeout: float | None = None) -> dict[str, Any]:

@@ -23,6 +23,8 @@ Waiting = Generator[None, None, T]
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How long to wait between attempts at one provider."""
+
     base_delay: float = 0.5
     max_delay: float = 8.0
     retry_after_cap: float = 10.0
@@ -85,6 +87,7 @@ class Dispatcher:
         self.deadline = time.monotonic() + self.budget
 
     def remaining(self) -> float:
+        """Return the seconds left of the request's one deadline."""
         return self.deadline - time.monotonic()
 
     def complete(self, chat: ChatRequest) -> tuple[Provider, dict]:
