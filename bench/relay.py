@@ -13,7 +13,7 @@ from clients import run_cell
 from litellm_proxy import LiteLLM, install
 from passenger import Passenger
 from procs import MemoryWatch, cpu_seconds, cpu_used
-from servers import HERE, Direct, Gunicorn, Mock, Server, Waitress, WithSession
+from servers import HERE, BareRelay, Direct, Gunicorn, Mock, Server, Waitress, WithSession
 from store_bench import write_json_store
 
 SESSIONS = 10_000
@@ -75,7 +75,7 @@ def start_targets(plan: Plan, mock: Mock) -> tuple[list[Server], list[Server]]:
             litellm.unavailable = f"unavailable: {exc}"
             failed.append(litellm)
             litellm = None
-    gateways: list[Server] = []
+    gateways: list[Server] = [BareRelay(mock.port)] if "bare-relay" in wanted else []
     for cls in (Waitress, Gunicorn):
         if cls.name not in wanted and f"{cls.name}+session" not in wanted:
             continue
@@ -204,7 +204,7 @@ def run(plan: Plan) -> dict:
                     results.append(cell)
                     say(_line(cell))
         if plan.profile_seconds:
-            gateways = [t for t in started if isinstance(t, (Waitress, Gunicorn))]
+            gateways = [t for t in started if isinstance(t, (Waitress, Gunicorn)) and not isinstance(t, BareRelay)]
             profiles = spy.profile_targets(gateways, plan.profile_seconds, plan.workdir, plan.client_cpus)
     finally:
         memory = {name: watch.stop() for name, watch in watches.items()}

@@ -7,6 +7,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+BARE = "bare-relay"  # bench/bare_relay.py: the relay with no feature, every target's "× bare" figures divide by it
+# Below this the bare relay's added delay in a round is noise between rounds (its per-chunk delay is ~0.1 ms), and a
+# ratio to it would be meaningless.
+BARE_FLOOR_MS = 0.05
 GOALS = {
     "added_p50_ms": 1.5,
     "added_p99_ms": 5.0,
@@ -27,15 +31,41 @@ def _pick(cell: dict, figure: str, stat: str) -> float | None:
     return block.get(stat) if isinstance(block, dict) else None
 
 
+def _ratio(mine: float | None, theirs: float | None) -> float | None:
+    return mine / theirs if mine is not None and theirs else None
+
+
+def _rounds(cells: list[dict], target: str) -> dict[tuple[str, int, int], dict]:
+    """Return target's good cells by (mode, concurrency, round)."""
+    return {(c["mode"], c["concurrency"], c["round"]): c for c in cells if c["target"] == target and "error" not in c}
+
+
+def versus_bare(group: list[dict], bare: dict, direct: dict) -> dict:
+    """Return medians of per-round ratios to bare-relay in the same cell: throughput, CPU, and each p50 delay the
+    two add on top of direct (None where the bare relay added less than BARE_FLOOR_MS in that round)."""
+    ratios: dict[str, list] = defaultdict(list)
+    for cell in group:
+        key = (cell["mode"], cell["concurrency"], cell["round"])
+        ref, base = bare.get(key), direct.get(key)
+        if ref is None:
+            continue
+        for field in ("rps", "cpu_ms_per_request"):
+            ratios[f"bare_ratio_{field}"].append(_ratio(cell.get(field), ref.get(field)))
+        for figure in ("latency_ms", "ttfb_ms", "chunk_delay_ms"):
+            mine, theirs, zero = (_pick(c, figure, "p50") if c else None for c in (cell, ref, base))
+            if None not in (mine, theirs, zero) and theirs - zero >= BARE_FLOOR_MS:
+                ratios[f"bare_ratio_added_{figure}_p50"].append((mine - zero) / (theirs - zero))
+    return {name: _median(values) for name, values in ratios.items()}
+
+
 def summarize(cells: list[dict]) -> dict[tuple[str, str, int], dict]:
-    """Return {(target, mode, concurrency): medians over rounds, with "added" paired to direct in the same round}."""
+    """Return {(target, mode, concurrency): medians over rounds, with "added" paired to direct in the same round
+    and, when bare-relay ran, "× bare" ratios paired to it the same way}."""
     groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for cell in cells:
         if "error" not in cell:
             groups[(cell["target"], cell["mode"], cell["concurrency"])].append(cell)
-    direct = {
-        (c["mode"], c["concurrency"], c["round"]): c for c in cells if c["target"] == "direct" and "error" not in c
-    }
+    direct, bare = _rounds(cells, "direct"), _rounds(cells, BARE)
     summary = {}
     for key, group in groups.items():
         _, mode, concurrency = key
@@ -56,6 +86,8 @@ def summarize(cells: list[dict]) -> dict[tuple[str, str, int], dict]:
                         ratio.append(mine / theirs if theirs else None)
                 row[f"added_{figure}_{stat}"] = _median(added)
                 row[f"ratio_{figure}_{stat}"] = _median(ratio)
+        if bare and key[0] not in ("direct", BARE):
+            row.update(versus_bare(group, bare, direct))
         summary[key] = row
     return summary
 

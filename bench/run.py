@@ -31,7 +31,7 @@ from clients import WRK
 from servers import HERE, REPO
 
 PARTS = ("relay", "store", "profile")
-TARGETS = ("direct", "gw-waitress", "gw-gunicorn", "gw-gunicorn+session", "gw-passenger", "litellm")
+TARGETS = ("direct", "bare-relay", "gw-waitress", "gw-gunicorn", "gw-gunicorn+session", "gw-passenger", "litellm")
 
 
 def numbers(text: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""The processes under test: the mock upstream, and the gateway under waitress and under gunicorn."""
+"""The processes under test: the mock upstream, the gateway under waitress and gunicorn, and the bare relay."""
 
 from __future__ import annotations
 
@@ -202,6 +202,7 @@ class Gunicorn(Gateway):
     name = "gw-gunicorn"
     workers, threads = 2, 8
     label = f"gateway · gunicorn gthread {workers}×{threads} --reuse-port"
+    wsgi = ["app:create_app()"]
 
     @staticmethod
     def binary() -> Path:
@@ -223,11 +224,31 @@ class Gunicorn(Gateway):
             "5",
             "--log-level",
             "warning",
-            "app:create_app()",
+            *self.wsgi,
         ]
 
     def worker_pids(self) -> list[int]:
         return children(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+
+class BareRelay(Gunicorn):
+    """bench/bare_relay.py under the same gunicorn as the gateway: what a relay with no feature at all costs."""
+
+    name = "bare-relay"
+    label = f"bare Flask relay · gunicorn gthread {Gunicorn.workers}×{Gunicorn.threads} --reuse-port"
+    key = "unused"  # sent, never checked
+    wsgi = ["--pythonpath", str(HERE), "bare_relay:app"]
+
+    def __init__(self, mock_port: int) -> None:
+        Server.__init__(self)
+        self.mock_port = mock_port
+
+    def environ(self) -> dict[str, str]:
+        upstream = f"http://127.0.0.1:{self.mock_port}"
+        return {**clean_environ(), "BARE_RELAY_UPSTREAM": upstream, "BARE_RELAY_KEY": BRIDGE_KEY}
+
+    def ready_path(self) -> str:
+        return "/v1/models"
 
 
 class WithSession(Server):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from report import BARE, BARE_FLOOR_MS
+
 
 def _f(value: float | None, digits: int = 2) -> str:
     if value is None:
@@ -103,6 +105,7 @@ def markdown(result: dict) -> str:
             ],
         ),
     )
+    out += _versus_bare(result, summary)
     out += _table(
         "**Memory** (sampled every 0.5 s through the run; peak RSS = the largest VmHWM of one process, start-up "
         "included; PSS splits shared pages between processes):",
@@ -145,6 +148,48 @@ def markdown(result: dict) -> str:
                 + ", ".join(f"{g} {p:.0f}%" for g, p in prof.get("areas_self", {}).items() if p >= 1)
             )
     return "\n".join(out) + "\n"
+
+
+# (mode, field, header) of the "against the bare relay" table; a field named bare_ratio_* is a ratio to bare-relay.
+VERSUS_BARE = [
+    ("json", "bare_ratio_rps", "req/s × bare"),
+    ("json", "bare_ratio_cpu_ms_per_request", "CPU/req × bare"),
+    ("json", "added_latency_ms_p50", "added p50 ms"),
+    ("json", "bare_ratio_added_latency_ms_p50", "added p50 × bare"),
+    ("stream", "bare_ratio_rps", "streams/s × bare"),
+    ("stream", "bare_ratio_cpu_ms_per_request", "CPU/stream × bare"),
+    ("stream", "added_ttfb_ms_p50", "added TTFB p50 ms"),
+    ("stream", "bare_ratio_added_ttfb_ms_p50", "added TTFB × bare"),
+    ("paced", "added_chunk_delay_ms_p50", "added chunk delay p50 ms"),
+    ("paced", "bare_ratio_added_chunk_delay_ms_p50", "added chunk delay × bare"),
+]
+
+
+def _versus_bare(result: dict, summary: dict) -> list[str]:
+    """Each target beside bare-relay in the same run: its "added" figures (over direct) and its ratios to bare-relay."""
+    names = [t["name"] for t in result["targets"]]
+    if BARE not in names:
+        return []
+    rows = []
+    for name in names:
+        if name in ("mock", "direct") or not any(k[0] == name for k in summary):
+            continue
+        for c in result["meta"]["concurrency"]:
+            row = [f"`{name}`", str(c)]
+            for mode, field, _ in VERSUS_BARE:
+                r = summary.get((name, mode, c))
+                if not field.startswith("bare_ratio_"):
+                    row.append(_signed(r and r.get(field)))
+                else:
+                    row.append(_f(1.0 if name == BARE and r else r and r.get(field)))
+            rows.append(row)
+    return _table(
+        f"**Against the bare relay** (`{BARE}`, bench/bare_relay.py, in the same cells and rounds; × bare = this "
+        "target ÷ bare-relay, median of per-round ratios; added = over direct, as above; – where not measured or "
+        f"bare-relay added under {BARE_FLOOR_MS} ms):",
+        ["target", "c", *(header for _, _, header in VERSUS_BARE)],
+        rows,
+    )
 
 
 def _store_table(store: list[dict]) -> list[str]:
