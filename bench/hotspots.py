@@ -21,7 +21,11 @@ AREAS = {
     "WSGI server": ("waitress/", "gunicorn/"),
     "upstream HTTP (requests/urllib3/http.client)": ("requests/", "urllib3/", "http/client.py"),
     "SSE parsing and stream reads (app/sse.py, providers/sse_stream.py)": ("app/sse.py", "app/providers/sse_stream"),
-    "stream relay (app/relay.py)": ("app/relay.py",),
+    "stream relay (app/relay.py, providers/dispatch.py)": ("app/relay.py", "app/providers/dispatch.py"),
+    "upstream exchange (providers/transport.py, providers/exchange.py)": (
+        "app/providers/transport.py",
+        "app/providers/exchange.py",
+    ),
     "rate limit (app/ratelimit.py, SQLite)": ("app/ratelimit.py",),
     "request record and analytics (app/request_record.py, app/analytics/)": ("app/request_record.py", "app/analytics/"),
     "auth (app/auth.py)": ("app/auth.py",),
@@ -54,9 +58,9 @@ WAITS = frozenset(
         "_worker",
         "Queue.get",
         "sleep",
-        # Leaves whose only C call blocks: the relay's wait for upstream bytes (poll on the socket; py-spy shows no
-        # frame for a C function, so the caller is the leaf).
-        "Exchange.ready",
+        # Leaves whose only C call blocks: the relay's wait for upstream bytes (poll, or select, on the socket;
+        # py-spy shows no frame for a C function, so the caller is the leaf).
+        "_readable",
     }
 )
 
