@@ -112,6 +112,34 @@ def _routes(value: Any) -> dict[str, tuple[str, ...]]:
     return parsed
 
 
+MAX_ALIAS_NAME = 256
+
+
+def _aliases(value: Any) -> dict[str, str]:
+    """Parse `client=bridge,client2=bridge2`: the model a client names -> the name the gateway sends instead."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        pairs = []
+        for item in _text(value).split(","):
+            if not item.strip():
+                continue
+            client, equals, target = item.partition("=")
+            if not equals:
+                raise ValueError(f"must be pairs like gpt-4o=gpt-5,claude=claude-opus-4-1-20250805; got {item!r}")
+            pairs.append((client, target))
+    aliases: dict[str, str] = {}
+    for client, target in pairs:
+        client, target = _text(client), _text(target)
+        for name in (client, target):
+            if not name or len(name) > MAX_ALIAS_NAME or not name.isprintable():
+                raise ValueError(f"has an empty, over-long or unprintable model name in {client}={target}")
+        if client in aliases:
+            raise ValueError(f"names {client!r} twice")
+        aliases[client] = target
+    return aliases
+
+
 def _port(value: Any) -> int:
     port = _integer(value)
     if port > 65535:
@@ -215,6 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("YUPP2API_CONNECT_TIMEOUT", 5.0, _number),
     Setting("YUPP2API_MAX_RETRIES", 2, _count),
     Setting("GATEWAY_MODEL_ROUTES", {}, _routes),
+    Setting("GATEWAY_MODEL_ALIASES", {}, _aliases),
     Setting("GATEWAY_REQUEST_BUDGET_SECONDS", 300.0, _number),
     Setting("GATEWAY_RETRY_BASE_DELAY", 0.5, _number),
     Setting("GATEWAY_RETRY_MAX_DELAY", 8.0, _number),

@@ -49,6 +49,12 @@ def test_gateway_env_file_points_at_another_dotenv(tmp_path):
         ("LMARENA_BRIDGE_BASE_URL", "ftp://x", "http"),
         ("YUPP2API_BASE_URL", "http://user:secret@127.0.0.1:8001", "user:password"),
         ("GATEWAY_MODEL_ROUTES", '{"gpt-5": ["openrouter"]}', "providers"),
+        ("GATEWAY_MODEL_ALIASES", "gpt-4o", "pairs like"),
+        ("GATEWAY_MODEL_ALIASES", "gpt-4o=gpt-5,claude", "got 'claude'"),
+        ("GATEWAY_MODEL_ALIASES", "gpt-4o=", "empty"),
+        ("GATEWAY_MODEL_ALIASES", "=gpt-5", "empty"),
+        ("GATEWAY_MODEL_ALIASES", "gpt-4o=gpt-5,gpt-4o=gemini-2.5-pro", "twice"),
+        ("GATEWAY_MODEL_ALIASES", "a=" + "x" * 257, "over-long"),
         ("YUPP2API_MAX_RETRIES", "99", "0 to 10"),
         ("DEBUG_MODE", "maybe", "true or false"),
         ("LMARENA_BRIDGE_MODELS_FILE", "/nonexistent/models.json", "not readable"),
@@ -59,6 +65,19 @@ def test_bad_value_fails_naming_the_setting(name, value, words):
         load_settings(environ={name: value}, dotenv_path=None)
     assert str(caught.value).startswith(f"{name}=")
     assert words in str(caught.value)
+
+
+def test_model_aliases_are_pairs_trimmed_and_blank_is_none():
+    settings = load_settings(environ={"GATEWAY_MODEL_ALIASES": " gpt-4o = gpt-5 ,, pic=nano-banana, "})
+    assert settings["GATEWAY_MODEL_ALIASES"] == {"gpt-4o": "gpt-5", "pic": "nano-banana"}
+    assert load_settings(environ={"GATEWAY_MODEL_ALIASES": " "})["GATEWAY_MODEL_ALIASES"] == {}
+    assert load_settings(environ={})["GATEWAY_MODEL_ALIASES"] == {}
+
+
+def test_bad_model_aliases_stop_the_app_at_startup():
+    with pytest.raises(ConfigError) as caught:
+        create_app({"GATEWAY_ENV_FILE": "", "GATEWAY_MODEL_ALIASES": "gpt-4o:gpt-5"})
+    assert str(caught.value).startswith("GATEWAY_MODEL_ALIASES=")
 
 
 def test_password_in_a_bad_url_is_not_echoed():
