@@ -1,4 +1,4 @@
-"""Named sessions: what a valid one looks like, and which one a /v1 request asks for."""
+"""Named sessions: what a valid one looks like, which one a /v1 request asks for, and which model it sends."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_MODELS = 500
 MAX_MODEL_NAME = 256
 MAX_URL = 2048
+# A models.json value: a UUID or "null", maybe with a type suffix (":image"). Maps stored before models maps named
+# bridge models hold these; any other value is a model name the bridge knows.
+LMARENA_ID = re.compile(r"(?:[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}|null)(?::[A-Za-z]+)?")
 
 
 def _bad(param: str, message: str, value: Any = None, code: str = "invalid_request") -> InvalidRequestError:
@@ -81,15 +84,26 @@ def check_base_url(value: Any) -> str | None:
     return url[:-3] if url.endswith("/v1") else url
 
 
+def is_lmarena_id(value: str) -> bool:
+    """Return whether a models map value is an LMArena model id (models.json's format) rather than a model name."""
+    return LMARENA_ID.fullmatch(value) is not None
+
+
 def check_models(value: Any) -> dict[str, str]:
-    """Return a models map like LMArenaBridge's models.json: model name -> LMArena model id."""
+    """Return a models map: client model name -> bridge model name, or LMArena model id as in models.json."""
     if value in (None, {}):
         return {}
     if not isinstance(value, dict) or len(value) > MAX_MODELS:
-        raise _bad("models", f"must be an object of at most {MAX_MODELS} model name -> LMArena model id")
-    for name, model_id in value.items():
-        if not name or len(name) > MAX_MODEL_NAME or not isinstance(model_id, str) or len(model_id) > 100:
-            raise _bad("models", "must map non-empty model names to LMArena model id strings", name)
+        raise _bad("models", f"must be an object of at most {MAX_MODELS} model name -> bridge model name or id")
+    for name, target in value.items():
+        for text in (name, target):
+            if not isinstance(text, str) or not text or len(text) > MAX_MODEL_NAME or not text.isprintable():
+                raise _bad(
+                    "models",
+                    f"must map model names to bridge model names or LMArena ids, each 1-{MAX_MODEL_NAME} printable "
+                    "characters",
+                    name,
+                )
     return dict(value)
 
 
@@ -137,16 +151,27 @@ def session_from_headers() -> Session | None:
     return session
 
 
-def apply_session(session: Session, model: str) -> dict[str, str]:
-    """Return the LMArena ids to forward for a session; raise when its models map does not serve the model."""
+def resolve_model(session: Session | None, model: str) -> tuple[str, dict[str, str]]:
+    """Return the model name to send upstream for the one a client asked for, and the fields to add to the body.
+
+    A session adds its LMArena ids, and its models map, when it has one, decides alone (a name it lacks is a 404):
+    a bridge model name replaces the client's, an LMArena id goes as `target_model_id` with the name unchanged.
+    Otherwise GATEWAY_MODEL_ALIASES may give another name.
+    """
+    if session is None:
+        return current_app.config["GATEWAY_MODEL_ALIASES"].get(model, model), {}
     extra = {"session_id": session.session_id, "message_id": session.message_id}
-    if session.models:
-        if model not in session.models:
-            raise NotFoundError(
-                f"The model '{model}' is not in session '{session.session_name}' on {session.domain}; "
-                f"it serves: {', '.join(sorted(session.models))}.",
-                param="model",
-                code="model_not_found",
-            )
-        extra["target_model_id"] = session.models[model]
-    return extra
+    if not session.models:
+        return current_app.config["GATEWAY_MODEL_ALIASES"].get(model, model), extra
+    target = session.models.get(model)
+    if target is None:
+        raise NotFoundError(
+            f"The model '{model}' is not in session '{session.session_name}' on {session.domain}; "
+            f"it serves: {', '.join(sorted(session.models))}.",
+            param="model",
+            code="model_not_found",
+        )
+    if is_lmarena_id(target):
+        extra["target_model_id"] = target
+        return model, extra
+    return target, extra

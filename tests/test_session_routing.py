@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
+from app.session_rules import is_lmarena_id
 from tests.upstreams.fake_bridge import FakeBridge
 
 A_SID, A_MID = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
@@ -123,3 +126,141 @@ def test_session_models_map_lists_and_limits_models(client, admin, openai_client
 def test_images_through_session_forward_its_ids(sessions, openai_client, bridge):
     openai_client.images.generate(model="nano-banana", prompt="a cat", extra_headers=_headers("team", "lmarena.ai"))
     assert bridge.requests[-1].json["session_id"] == A_SID
+
+
+GPT5_ID = "983bc566-b783-4d28-b24c-3c8b08eb1086"
+
+
+@pytest.fixture
+def aliased(client, admin):
+    """Session "aliased": two client names for bridge models, one LMArena id kept from a models.json-style map."""
+    register(
+        client,
+        admin,
+        domain="lmarena.ai",
+        session_name="aliased",
+        session_id=A_SID,
+        message_id=A_MID,
+        models={"my-gpt": "gpt-5", "my-pic": "nano-banana", "gpt-5": GPT5_ID},
+    )
+
+
+def _chats(bridge):
+    return [r.json for r in bridge.requests if r.path == "/v1/chat/completions"]
+
+
+def test_session_alias_sends_bridge_name_and_reports_client_name(aliased, openai_client, bridge, client, admin):
+    reply = openai_client.chat.completions.create(model="my-gpt", messages=HI, extra_headers=_headers("aliased"))
+    assert reply.model == "my-gpt"
+    assert reply.choices[0].message.content == "Hello from the real bridge"
+    sent = _chats(bridge)[-1]
+    assert sent["model"] == "gpt-5" and "target_model_id" not in sent
+    assert (sent["session_id"], sent["message_id"]) == (A_SID, A_MID)
+    summary = client.get("/analytics/summary?window=1h", headers=admin).get_json()["data"]
+    assert {row["model"] for row in summary} == {"my-gpt"}
+
+
+def test_session_alias_in_every_stream_chunk(aliased, openai_client, bridge):
+    chunks = list(
+        openai_client.chat.completions.create(
+            model="my-gpt",
+            messages=HI,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=_headers("aliased"),
+        )
+    )
+    assert len(chunks) > 3 and {c.model for c in chunks} == {"my-gpt"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the real bridge"
+    assert _chats(bridge)[-1]["model"] == "gpt-5"
+
+
+def test_session_alias_in_raw_json_and_sse(aliased, client, auth, bridge):
+    headers = {**auth, **_headers("aliased")}
+    answer = client.post("/v1/chat/completions", json={"model": "my-gpt", "messages": HI}, headers=headers)
+    assert answer.get_json()["model"] == "my-gpt"
+    streamed = client.post(
+        "/v1/chat/completions", json={"model": "my-gpt", "messages": HI, "stream": True}, headers=headers
+    ).get_data(as_text=True)
+    frames = [line[6:] for line in streamed.splitlines() if line.startswith("data: {")]
+    assert frames and all(json.loads(frame)["model"] == "my-gpt" for frame in frames)
+    assert "gpt-5" not in streamed
+    assert [sent["model"] for sent in _chats(bridge)] == ["gpt-5", "gpt-5"]
+
+
+def test_session_map_uuid_value_keeps_target_model_id_and_name(aliased, openai_client, bridge):
+    reply = openai_client.chat.completions.create(model="gpt-5", messages=HI, extra_headers=_headers("aliased"))
+    assert reply.model == "gpt-5"
+    sent = _chats(bridge)[-1]
+    assert (sent["model"], sent["target_model_id"]) == ("gpt-5", GPT5_ID)
+
+
+def test_session_map_refuses_names_it_lacks_even_bridge_names(aliased, openai_client, bridge):
+    for model in ("gemini-2.5-pro", "nano-banana"):  # a bridge model, and a value of the map that is no key
+        with pytest.raises(openai.NotFoundError) as caught:
+            openai_client.chat.completions.create(model=model, messages=HI, extra_headers=_headers("aliased"))
+        assert caught.value.body["code"] == "model_not_found"
+        assert "my-gpt" in caught.value.message
+    assert _chats(bridge) == []
+
+
+def test_session_models_list_is_the_map_keys(aliased, openai_client):
+    listed = openai_client.models.list(extra_headers=_headers("aliased"))
+    assert [m.id for m in listed] == ["my-gpt", "my-pic", "gpt-5"]
+    assert {m.object for m in listed} == {"model"}
+    assert openai_client.models.retrieve("my-pic", extra_headers=_headers("aliased")).id == "my-pic"
+    with pytest.raises(openai.NotFoundError):
+        openai_client.models.retrieve("nano-banana", extra_headers=_headers("aliased"))
+
+
+def test_session_map_wins_over_global_aliases(make_app, bridge, auth, admin):
+    client = make_app(GATEWAY_MODEL_ALIASES="my-gpt=gemini-2.5-pro,other=gemini-2.5-pro").test_client()
+    register(
+        client,
+        admin,
+        domain="lmarena.ai",
+        session_name="mapped",
+        session_id=A_SID,
+        message_id=A_MID,
+        models={"my-gpt": "gpt-5"},
+    )
+    register(client, admin, domain="lmarena.ai", session_name="plain", session_id=C_SID, message_id=C_MID)
+    headers = {**auth, **_headers("mapped")}
+    assert (
+        client.post("/v1/chat/completions", json={"model": "my-gpt", "messages": HI}, headers=headers).status_code
+        == 200
+    )
+    assert _chats(bridge)[-1]["model"] == "gpt-5"
+    refused = client.post("/v1/chat/completions", json={"model": "other", "messages": HI}, headers=headers)
+    assert refused.status_code == 404
+    # A session without a map takes the global aliases.
+    plain = {**auth, **_headers("plain")}
+    answer = client.post("/v1/chat/completions", json={"model": "other", "messages": HI}, headers=plain).get_json()
+    assert answer["model"] == "other"
+    assert (_chats(bridge)[-1]["model"], _chats(bridge)[-1]["session_id"]) == ("gemini-2.5-pro", C_SID)
+
+
+def test_images_through_session_alias(aliased, openai_client, bridge):
+    result = openai_client.images.generate(model="my-pic", prompt="a cat", extra_headers=_headers("aliased"))
+    assert result.data[0].url.endswith("fake-image-0001.png")
+    sent = _chats(bridge)[-1]
+    assert sent["model"] == "nano-banana" and "target_model_id" not in sent
+    with pytest.raises(openai.NotFoundError):
+        openai_client.images.generate(model="nano-banana", prompt="a cat", extra_headers=_headers("aliased"))
+
+
+@pytest.mark.parametrize(
+    ("value", "is_id"),
+    [
+        (GPT5_ID, True),
+        (GPT5_ID.upper() + ":image", True),
+        ("null:image", True),
+        ("null", True),
+        ("gpt-5", False),
+        ("nano-banana", False),
+        (GPT5_ID + "-x", False),
+        ("nullx", False),
+    ],
+)
+def test_is_lmarena_id_tells_ids_from_bridge_names(value, is_id):
+    assert is_lmarena_id(value) is is_id

@@ -73,6 +73,10 @@ HOSTILE = [
     ("models", ["gpt-5"]),
     ("models", {"gpt-5": 5}),
     ("models", {"": "id"}),
+    ("models", {"gpt-5": ""}),
+    ("models", {"gpt-5": "x" * 257}),
+    ("models", {"gpt-5": "gpt-5\r\nX-Injected: 1"}),
+    ("models", {"a\tb": "gpt-5"}),
 ]
 
 
@@ -97,6 +101,13 @@ def test_register_accepts_bridge_url_and_models(client, admin):
     session = response.get_json()["session"]
     assert session["bridge_base_url"] == "http://127.0.0.1:5202"
     assert session["models"] == {"gpt-5": "983bc566-b783-4d28-b24c-3c8b08eb1086"}
+
+
+def test_register_accepts_bridge_names_and_lmarena_ids_as_map_values(client, admin):
+    models = {"my-gpt": "gpt-5", "Claude Opus": "claude-opus-4-1-20250805", "pic": "null:image", "id": SID.upper()}
+    response = client.post("/session/register", headers=admin, json=body(models=models))
+    assert response.status_code == 201
+    assert response.get_json()["session"]["models"] == models
 
 
 def test_register_domain_is_case_insensitive(client, admin):

@@ -10,7 +10,7 @@ from .. import analytics, request_record, sse
 from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..relay import Opening, relay
-from ..session_rules import apply_session, session_from_headers
+from ..session_rules import resolve_model, session_from_headers
 from ..usage import fill_usage
 from ..validation import parse_chat_request, read_json_body
 
@@ -22,13 +22,16 @@ def create_chat_completion():
     """Create a chat completion; stream it as server-sent events when the client asks."""
     chat = parse_chat_request(read_json_body(), current_app.config["GATEWAY_MAX_MESSAGES"])
     session = session_from_headers()
-    if session is not None:
-        chat.extra.update(apply_session(session, chat.model))
+    upstream_model, extra = resolve_model(session, chat.model)
+    chat.extra.update(extra)
+    if upstream_model != chat.model:
+        chat.upstream_model = upstream_model
     record = request_record.current()
-    record.model = chat.model
+    record.model = chat.model  # the client's name, alias or not: answers and analytics speak of what was asked for
     router = get_router()
+    # Routed by the name the upstream will be asked for: providers list that one, not the client's alias.
     plan = router.plan(
-        chat.model, request.headers.get("X-Provider"), session and session.bridge_base_url, session is not None
+        upstream_model, request.headers.get("X-Provider"), session and session.bridge_base_url, session is not None
     )
     dispatcher = router.dispatcher(plan)
     if chat.stream:

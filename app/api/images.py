@@ -14,8 +14,8 @@ from ..errors import InvalidRequestError, UpstreamError
 from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..providers.lmarena_bridge import LMArenaBridge
-from ..session_rules import apply_session, session_from_headers
-from ..validation import ImageRequest, parse_image_request, read_json_body
+from ..session_rules import resolve_model, session_from_headers
+from ..validation import parse_image_request, read_json_body
 
 bp = Blueprint("images", __name__)
 
@@ -30,16 +30,24 @@ def create_image():
     image = parse_image_request(read_json_body(), current_app.config["GATEWAY_IMAGE_MAX_N"])
     session = session_from_headers()
     bridge = get_router().bridge_for(session.bridge_base_url if session else None)
-    model = _image_model(image, bridge)
+    model = image.model or _default_image_model(bridge)
+    # A session's models map or GATEWAY_MODEL_ALIASES may name another model, as for chat.
+    upstream_model, extra = resolve_model(session, model)
+    _check_image_model(bridge, upstream_model)
     record = request_record.current()
     record.provider, record.model = bridge.name, model
+    chat = ChatRequest(
+        body={"model": model, "messages": [{"role": "user", "content": image.prompt}]},
+        model=model,
+        extra=extra,
+        upstream_model=upstream_model if upstream_model != model else "",
+    )
     urls: list[str] = []
     # One bridge call yields one image; n calls at most, stopping early if a call yields several.
-    extra = apply_session(session, model) if session else {}
     for _ in range(image.n):
         if len(urls) >= image.n:
             break
-        urls.extend(_generate(bridge, model, image.prompt, extra))
+        urls.extend(_generate(bridge, chat))
     urls = urls[: image.n]
     if image.response_format == "b64_json":
         data = [{"b64_json": _download_b64(url)} for url in urls]
@@ -48,16 +56,8 @@ def create_image():
     return {"created": int(time.time()), "data": data}
 
 
-def _image_model(image: ImageRequest, bridge: LMArenaBridge) -> str:
+def _default_image_model(bridge: LMArenaBridge) -> str:
     known = bridge.image_models()
-    if image.model:
-        if bridge.model_kind(image.model) == "text":
-            raise InvalidRequestError(
-                f"'{image.model}' is a text model in models.json; image models: {', '.join(known) or 'none'}.",
-                param="model",
-                code="model_not_image",
-            )
-        return image.model
     model = current_app.config["GATEWAY_DEFAULT_IMAGE_MODEL"] or (known[0] if known else "")
     if not model:
         raise InvalidRequestError(
@@ -67,16 +67,25 @@ def _image_model(image: ImageRequest, bridge: LMArenaBridge) -> str:
     return model
 
 
-def _generate(bridge: LMArenaBridge, model: str, prompt: str, extra: dict[str, str]) -> list[str]:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+def _check_image_model(bridge: LMArenaBridge, model: str) -> None:
+    if bridge.model_kind(model) == "text":
+        known = bridge.image_models()
+        raise InvalidRequestError(
+            f"'{model}' is a text model in models.json; image models: {', '.join(known) or 'none'}.",
+            param="model",
+            code="model_not_image",
+        )
+
+
+def _generate(bridge: LMArenaBridge, chat: ChatRequest) -> list[str]:
     # Through the dispatcher: the bridge's retries, time budget and circuit breaker apply to images too.
-    _, completion = get_router().dispatcher([bridge]).complete(ChatRequest(body=body, model=model, extra=extra))
+    _, completion = get_router().dispatcher([bridge]).complete(chat)
     message = completion["choices"][0].get("message") if completion["choices"] else None
     text = message.get("content") if isinstance(message, dict) else None
     urls = IMAGE_MARKDOWN.findall(text) if isinstance(text, str) else []
     if not urls:
         shown = (text or "")[:200]
-        raise UpstreamError(f"The model '{model}' answered without an image: {shown!r}", code="no_image_returned")
+        raise UpstreamError(f"The model '{chat.model}' answered without an image: {shown!r}", code="no_image_returned")
     return urls
 
 

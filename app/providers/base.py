@@ -10,18 +10,25 @@ from .transport import MAX_UPSTREAM_BYTES, redact_url
 
 @dataclass
 class ChatRequest:
-    """A validated OpenAI chat request; body keeps the client's unknown fields for the upstream."""
+    """A validated OpenAI chat request; body keeps the client's unknown fields for the upstream.
+
+    model is the name the client asked for, the one every answer reports; upstream_model, when set, is the name the
+    upstream is asked for instead (a model alias).
+    """
 
     body: dict[str, Any]
     model: str
     stream: bool = False
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    upstream_model: str = ""
 
     def upstream_body(self, stream: bool) -> dict[str, Any]:
         """Return the body to forward, with `stream` explicit (upstreams default it differently)."""
         body = {k: v for k, v in self.body.items() if k != "stream_options"}
         body["stream"] = stream
+        if self.upstream_model:
+            body["model"] = self.upstream_model
         body.update(self.extra)
         return body
 
