@@ -19,6 +19,8 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_MODELS = 500
 MAX_MODEL_NAME = 256
 MAX_URL = 2048
+# Sent in an HTTP header: printable ASCII, no spaces.
+BRIDGE_KEY = re.compile(r"[!-~]{1,512}")
 
 
 def _bad(param: str, message: str, value: Any = None, code: str = "invalid_request") -> InvalidRequestError:
@@ -81,6 +83,16 @@ def check_base_url(value: Any) -> str | None:
     return url[:-3] if url.endswith("/v1") else url
 
 
+def check_bridge_key(value: Any) -> str | None:
+    """Return the api_key the session's bridge wants, or None (null or "": none, LMARENA_BRIDGE_API_KEY applies)."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not BRIDGE_KEY.fullmatch(value):
+        # The value is a secret: unlike the other fields' errors, this one does not echo it.
+        raise _bad("bridge_api_key", "must be 1-512 printable ASCII characters without spaces")
+    return value
+
+
 def check_models(value: Any) -> dict[str, str]:
     """Return a models map like LMArenaBridge's models.json: model name -> LMArena model id."""
     if value in (None, {}):
@@ -101,6 +113,7 @@ def parse_registration(body: dict[str, Any]) -> Session:
         session_id=check_uuid(body.get("session_id"), "session_id"),
         message_id=check_uuid(body.get("message_id"), "message_id"),
         bridge_base_url=check_base_url(body.get("bridge_base_url")),
+        bridge_api_key=check_bridge_key(body.get("bridge_api_key")),
         models=check_models(body.get("models")),
     )
 
