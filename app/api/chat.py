@@ -28,7 +28,11 @@ def create_chat_completion():
     record.model = chat.model
     router = get_router()
     plan = router.plan(
-        chat.model, request.headers.get("X-Provider"), session and session.bridge_base_url, session is not None
+        chat.model,
+        request.headers.get("X-Provider"),
+        session and session.bridge_base_url,
+        session is not None,
+        session_key=session and session.bridge_api_key,
     )
     dispatcher = router.dispatcher(plan)
     if chat.stream:

@@ -29,7 +29,7 @@ def create_image():
     """Generate images from a prompt with an LMArena image model."""
     image = parse_image_request(read_json_body(), current_app.config["GATEWAY_IMAGE_MAX_N"])
     session = session_from_headers()
-    bridge = get_router().bridge_for(session.bridge_base_url if session else None)
+    bridge = get_router().bridge_for(session and session.bridge_base_url, session and session.bridge_api_key)
     model = _image_model(image, bridge)
     record = request_record.current()
     record.provider, record.model = bridge.name, model
