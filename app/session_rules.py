@@ -22,6 +22,8 @@ MAX_URL = 2048
 # A models.json value: a UUID or "null", maybe with a type suffix (":image"). Maps stored before models maps named
 # bridge models hold these; any other value is a model name the bridge knows.
 LMARENA_ID = re.compile(r"(?:[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}|null)(?::[A-Za-z]+)?")
+# Sent in an HTTP header: printable ASCII, no spaces.
+BRIDGE_KEY = re.compile(r"[!-~]{1,512}")
 
 
 def _bad(param: str, message: str, value: Any = None, code: str = "invalid_request") -> InvalidRequestError:
@@ -87,6 +89,14 @@ def check_base_url(value: Any) -> str | None:
 def is_lmarena_id(value: str) -> bool:
     """Return whether a models map value is an LMArena model id (models.json's format) rather than a model name."""
     return LMARENA_ID.fullmatch(value) is not None
+def check_bridge_key(value: Any) -> str | None:
+    """Return the api_key the session's bridge wants, or None (null or "": none, LMARENA_BRIDGE_API_KEY applies)."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not BRIDGE_KEY.fullmatch(value):
+        # The value is a secret: unlike the other fields' errors, this one does not echo it.
+        raise _bad("bridge_api_key", "must be 1-512 printable ASCII characters without spaces")
+    return value
 
 
 def check_models(value: Any) -> dict[str, str]:
@@ -115,6 +125,7 @@ def parse_registration(body: dict[str, Any]) -> Session:
         session_id=check_uuid(body.get("session_id"), "session_id"),
         message_id=check_uuid(body.get("message_id"), "message_id"),
         bridge_base_url=check_base_url(body.get("bridge_base_url")),
+        bridge_api_key=check_bridge_key(body.get("bridge_api_key")),
         models=check_models(body.get("models")),
     )
 

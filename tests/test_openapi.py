@@ -140,12 +140,13 @@ def test_openapi_server_is_relative_when_the_host_makes_no_url(client):
 
 
 def _on_the_fake_bridge(router, bridge_url: str) -> None:
-    """Send every session's chats to the fake bridge, whatever bridge_base_url a generated registration names."""
+    """Send every session's chats to the fake bridge with its key, whatever bridge_base_url and bridge_api_key a
+    generated registration names."""
     make_bridge = router.bridges.factory
 
-    def factory(url: str):
-        # Built for its own URL first (nothing connects yet), so a URL the gateway cannot use still fails here.
-        make_bridge(url).close()
+    def factory(url: str, api_key: str | None = None):
+        # Built for its own URL and key first (nothing connects yet), so what the gateway cannot use still fails here.
+        make_bridge(url, api_key).close()
         return make_bridge(bridge_url)
 
     router.bridges.factory = factory

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BRIDGE_KEY, YUPP_KEY
+from tests.upstreams.fake_bridge import FakeBridge
 
 CLIENT = "sk-client-7f3a9c1e5b"
 ADMIN = "sk-admin-0d8e4b2a6c"
@@ -15,7 +16,8 @@ CRON = "cron-token-5c1f9e7a3d"
 METRICS = "metrics-token-2b6d0f8c4e"
 USERSCRIPT = "userscript-secret-9a4c7e1b3f"
 DASHBOARD = "dashboard-secret-6e2a8c4f0b"
-SECRETS = (CLIENT, ADMIN, CRON, METRICS, USERSCRIPT, DASHBOARD, BRIDGE_KEY, YUPP_KEY)
+SESSION_BRIDGE = "sk-session-bridge-3e9b1d7f"  # a session's own bridge_api_key: stored, and only sent to its bridge
+SECRETS = (CLIENT, ADMIN, CRON, METRICS, USERSCRIPT, DASHBOARD, BRIDGE_KEY, YUPP_KEY, SESSION_BRIDGE)
 HI = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
 YUPP_MODEL = "Claude Sonnet 4\n☀️ | 🆕"  # yupp2Api's ids hold newlines and emoji
 SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"
@@ -23,6 +25,13 @@ SID, MID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c96
 
 def leaks(text: str) -> list[str]:
     return [secret for secret in SECRETS if secret in text]
+
+
+@pytest.fixture
+def own_bridge():
+    """A second bridge, with its own key, that a session is bound to."""
+    with FakeBridge(api_key=SESSION_BRIDGE, chunk_delay=0.01) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -41,11 +50,14 @@ def gateway(make_app, with_yupp):
     )
 
 
-def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp, caplog):
+def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp, own_bridge, caplog):
     caplog.set_level("DEBUG")
     client = gateway.test_client()
     user = {"Authorization": f"Bearer {CLIENT}"}
     admin = {"Authorization": f"Bearer {ADMIN}"}
+    own = {"domain": "lmarena.ai", "session_name": "own", "session_id": SID, "message_id": MID}
+    own_bridged = {**own, "bridge_base_url": own_bridge.url, "bridge_api_key": SESSION_BRIDGE}
+    in_own = {**user, "X-Session-Name": "own"}
     answers = [
         client.post("/v1/chat/completions", json=HI, headers=user),
         client.post("/v1/chat/completions", json={**HI, "stream": True}, headers=user),
@@ -71,7 +83,19 @@ def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp
         client.post("/cron/cleanup", headers={"X-Cron-Token": CRON}),
         client.get("/userscript/generate", query_string={"session_name": "team-a", "format": "raw"}, headers=admin),
         client.post("/dashboard/login", data={"admin_key": ADMIN}),
+        client.post("/session/register", headers=admin, json=own_bridged),
+        client.post("/v1/chat/completions", json=HI, headers=in_own),
+        client.post("/v1/chat/completions", json={**HI, "stream": True}, headers=in_own),
+        client.get("/v1/models", headers=in_own),
+        client.get("/session/lmarena.ai/own", headers=admin),
+        client.get("/session/list", headers=admin),
+        client.get("/dashboard", headers=admin),
+        client.post("/cron/cleanup", query_string={"dry_run": 1}, headers={"X-Cron-Token": CRON}),
     ]
+    # The session's bridge now wants another key: its refusal must not echo the one it was sent.
+    own_bridge.api_key = "sk-rotated-session-bridge"
+    answers.append(client.post("/v1/chat/completions", json=HI, headers=in_own))
+    own_bridge.api_key = SESSION_BRIDGE
     # Upstreams that refuse the gateway's key, fail, or say odd things: their errors must not echo a key back.
     bridge.api_key = "sk-rotated-upstream"
     answers.append(client.post("/v1/chat/completions", json=HI, headers=user))
@@ -80,7 +104,9 @@ def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp
     answers.append(client.post("/v1/chat/completions", json=garbage, headers=user))
 
     assert [a.status_code for a in answers[:3]] == [200, 200, 200]
-    assert [a.status_code for a in answers[-2:]] == [502, 502]
+    assert [a.status_code for a in answers[18:24]] == [201, 200, 200, 200, 200, 200]
+    assert answers[22].get_json()["session"]["bridge_api_key_set"] is True
+    assert [a.status_code for a in answers[-3:]] == [502, 502, 502]
     script = answers[16].get_data(as_text=True)
     assert answers[16].status_code == 200 and re.search(r'"token": ?"v1\.[\w-]+\.[\w-]+"', script)
     for answer in answers:
@@ -89,10 +115,15 @@ def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp
     assert leaks(caplog.text) == []
     assert caplog.text.count("app.requests") >= len(answers)  # request lines were logged, at DEBUG level too
     assert bridge.requests[0].headers["authorization"] == f"Bearer {BRIDGE_KEY}"  # the key was in use, and not shown
-    storage = Path(gateway.config["STORAGE_PATH"]).parent
-    for path in storage.rglob("*"):
+    sent = {r.headers.get("authorization") for r in own_bridge.requests if r.path == "/v1/chat/completions"}
+    assert sent == {f"Bearer {SESSION_BRIDGE}"}  # only to its own bridge
+    assert all(SESSION_BRIDGE not in str(r.headers) for r in bridge.requests + yupp.requests)
+    storage = Path(gateway.config["STORAGE_PATH"])
+    for path in storage.parent.rglob("*"):
         if path.is_file():
-            assert leaks(path.read_bytes().decode("latin-1")) == [], path.name
+            # The session store is where a session's bridge key lives; nothing else under storage/ holds it.
+            found = leaks(path.read_bytes().decode("latin-1"))
+            assert found == ([SESSION_BRIDGE] if path == storage else []), path.name
 
 
 def test_every_answer_says_nosniff(gateway):

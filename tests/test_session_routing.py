@@ -264,3 +264,57 @@ def test_images_through_session_alias(aliased, openai_client, bridge):
 )
 def test_is_lmarena_id_tells_ids_from_bridge_names(value, is_id):
     assert is_lmarena_id(value) is is_id
+
+
+def test_session_bridge_gets_its_own_key_and_the_default_bridge_keeps_the_setting(client, admin, openai_client, bridge):
+    with FakeBridge(api_key="sk-own-bridge", chunk_delay=0.01, reply="from the second bridge") as second:
+        shown = register(
+            client,
+            admin,
+            domain="lmarena.ai",
+            session_name="own",
+            session_id=A_SID,
+            message_id=A_MID,
+            bridge_base_url=second.url,
+            bridge_api_key="sk-own-bridge",
+        )
+        assert shown["bridge_api_key_set"] is True and "sk-own-bridge" not in str(shown)
+        before = len(bridge.requests)
+        reply = openai_client.chat.completions.create(model="gpt-5", messages=HI, extra_headers=_headers("own"))
+        assert reply.choices[0].message.content == "from the second bridge"
+        stream = openai_client.chat.completions.create(
+            model="gpt-5", messages=HI, stream=True, extra_headers=_headers("own")
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "from the second bridge"
+        openai_client.images.generate(model="nano-banana", prompt="a cat", extra_headers=_headers("own"))
+        chats = [r for r in second.requests if r.path == "/v1/chat/completions"]
+        assert [r.headers["authorization"] for r in chats] == ["Bearer sk-own-bridge"] * 3
+        assert len(bridge.requests) == before
+        openai_client.chat.completions.create(model="gpt-5", messages=HI)
+        assert bridge.requests[-1].headers["authorization"] == "Bearer sk-lmab-test"  # LMARENA_BRIDGE_API_KEY
+
+
+def test_sessions_sharing_a_bridge_url_never_share_keys(client, admin, auth, bridge):
+    with FakeBridge(api_key="sk-right", chunk_delay=0.01) as second:
+        for name, key in (("right", "sk-right"), ("wrong", "sk-wrong"), ("keyless", None)):
+            fields = {"bridge_api_key": key} if key else {}
+            register(client, admin, domain="lmarena.ai", session_name=name, session_id=A_SID, message_id=A_MID,
+                     bridge_base_url=second.url, **fields)  # fmt: skip
+
+        def chat(name):
+            body = {"model": "gpt-5", "messages": HI}
+            return client.post("/v1/chat/completions", json=body, headers={**auth, **_headers(name)})
+
+        assert chat("right").status_code == 200
+        refused = chat("wrong")
+        assert refused.status_code == 502
+        error = refused.get_json()["error"]
+        assert error["code"] == "upstream_auth_failed"
+        assert "session's bridge_api_key" in error["message"] and "LMARENA_BRIDGE_API_KEY" not in error["message"]
+        assert "sk-wrong" not in refused.get_data(as_text=True)
+        assert chat("right").status_code == 200
+        # No key of its own: the setting's key, as for any bridge; this bridge refuses it and says which key.
+        keyless = chat("keyless")
+        assert keyless.status_code == 502 and "LMARENA_BRIDGE_API_KEY" in keyless.get_json()["error"]["message"]
+        sent = [r.headers["authorization"] for r in second.requests if r.path == "/v1/chat/completions"]
+        assert sent == ["Bearer sk-right", "Bearer sk-wrong", "Bearer sk-right", "Bearer sk-lmab-test"]

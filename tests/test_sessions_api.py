@@ -70,6 +70,11 @@ HOSTILE = [
     ("bridge_base_url", "http://"),
     ("bridge_base_url", "http://¡"),  # not a valid international domain name: every chat would fail
     ("bridge_base_url", 5),
+    ("bridge_api_key", "sk key with spaces"),
+    ("bridge_api_key", "sk-\n-injected: header"),
+    ("bridge_api_key", "sk-ключ"),
+    ("bridge_api_key", "k" * 513),
+    ("bridge_api_key", 12345),
     ("models", ["gpt-5"]),
     ("models", {"gpt-5": 5}),
     ("models", {"": "id"}),
@@ -86,6 +91,8 @@ def test_register_rejects_bad_fields_and_stores_nothing(app, client, admin, fiel
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert error["param"] == field and error["type"] == "invalid_request_error"
+    if field == "bridge_api_key":
+        assert str(value)[:8] not in response.get_data(as_text=True)  # a secret, even a bad one, is not echoed
     with app.app_context():
         assert get_store().list() == []
 
@@ -169,3 +176,32 @@ def test_heartbeat_updates_last_seen(client, admin):
         client.post("/session/heartbeat", json={"domain": "evil.com", "session_name": "x"}, headers=admin).status_code
         == 400
     )
+
+
+def test_bridge_key_is_stored_never_shown_kept_when_omitted_and_removable(client, admin):
+    url = "http://127.0.0.1:5202"
+    first = client.post(
+        "/session/register", json=body(bridge_base_url=url, bridge_api_key="sk-own-7c1d"), headers=admin
+    )
+    shown = [
+        first.get_data(as_text=True),
+        client.get("/session/lmarena.ai/team-a", headers=admin).get_data(as_text=True),
+        client.get("/session/list", headers=admin).get_data(as_text=True),
+        client.get("/dashboard", headers=admin).get_data(as_text=True),
+    ]
+    assert first.status_code == 201
+    assert [("sk-own-7c1d" in text, '"bridge_api_key":' in text) for text in shown] == [(False, False)] * 4
+    session = client.get("/session/lmarena.ai/team-a", headers=admin).get_json()["session"]
+    assert (session["bridge_base_url"], session["bridge_api_key_set"]) == (url, True)
+
+    def key_set(**changes):
+        response = client.post("/session/register", json=body(**changes), headers=admin)
+        assert response.status_code == 200
+        return response.get_json()["session"]["bridge_api_key_set"]
+
+    assert key_set() is True  # omitted: kept
+    assert key_set(bridge_api_key="") is False  # empty (or null): removed
+    assert key_set(bridge_api_key="sk-own-7c1d") is True
+    assert key_set(bridge_base_url="http://127.0.0.1:5203") is False  # another bridge: the old key is not sent there
+    with client.application.app_context():
+        assert get_store().get("lmarena.ai", "team-a").bridge_api_key is None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from app.errors import SessionLimitReached, StoreError
 from app.ratelimit import RedisCells
-from app.store.base import Session, isoformat, parse_time, utcnow
+from app.store.base import KEEPABLE, Session, isoformat, parse_time, utcnow
 from app.store.breaker_state import RedisState
 from app.store.file_store import JsonSessionStore
 from app.store.redis_store import RedisSessionStore
@@ -155,3 +157,42 @@ def test_redis_users_open_clients_through_one_factory(redis_server):
         options = client.connection_pool.connection_kwargs
         assert {name: options[name] for name in wanted} == wanted
         client.close()
+
+
+def _reregister(store, name="s1", **given):
+    """Register again as /session/register does: the fields not given keep their stored value."""
+    now = utcnow()
+    keep = KEEPABLE - given.keys()
+    return store.register(make(name, **given), now=now, limit=10, active_since=now - timedelta(minutes=5), keep=keep)[0]
+
+
+def test_bridge_key_is_kept_only_while_its_bridge_stays(store):
+    reg(store, make(bridge_base_url="http://127.0.0.1:5202", bridge_api_key="sk-own-bridge"))
+    assert _reregister(store).bridge_api_key == "sk-own-bridge"  # a userscript's update leaves it
+    assert store.get("lmarena.ai", "s1").bridge_api_key == "sk-own-bridge"
+    # Moved to another bridge without a key of its own: the old bridge's key is not sent there.
+    assert _reregister(store, bridge_base_url="http://127.0.0.1:5203").bridge_api_key is None
+    assert store.get("lmarena.ai", "s1").bridge_api_key is None
+    # Given without the URL: the key goes with the stored URL.
+    keyed = _reregister(store, bridge_api_key="sk-new")
+    assert (keyed.bridge_base_url, keyed.bridge_api_key) == ("http://127.0.0.1:5203", "sk-new")
+    assert "sk-new" not in repr(keyed) and keyed.to_dict()["bridge_api_key_set"] is True
+    assert "bridge_api_key" not in keyed.to_dict()
+    assert _reregister(store, bridge_api_key=None).bridge_api_key is None  # given as null or "": removed
+
+
+def test_sessions_stored_before_bridge_keys_load(store, tmp_path):
+    reg(store, make("old", bridge_base_url="http://127.0.0.1:5202"))
+    if isinstance(store, JsonSessionStore):
+        raw = json.loads(Path(store.path).read_text())
+        del raw["sessions"]["lmarena.ai"]["old"]["bridge_api_key"]
+        Path(store.path).write_text(json.dumps(raw))
+    else:
+        key = store._keys("lmarena.ai", "old")[0]
+        record = json.loads(store.client.hget(key, "record"))
+        del record["bridge_api_key"]
+        store.client.hset(key, "record", json.dumps(record))
+    old = store.get("lmarena.ai", "old")
+    assert (old.bridge_base_url, old.bridge_api_key) == ("http://127.0.0.1:5202", None)
+    assert [s.to_dict()["bridge_api_key_set"] for s in store.list()] == [False]
+    assert _reregister(store, "old").bridge_api_key is None

@@ -198,7 +198,10 @@ def test_token_cannot_point_the_gateway_elsewhere_but_keeps_admin_settings(clien
     token = token_of(raw_script(client, admin))
     assert register(client, token, bridge_base_url="http://127.0.0.1:1").status_code == 403
     assert register(client, token, models={"x": "y"}).status_code == 403
+    assert register(client, token, bridge_api_key="sk-token-set").status_code == 403
+    assert register(client, token, bridge_api_key="").status_code == 403  # nor remove the admin's
     admin_set = {"bridge_base_url": "http://127.0.0.1:5202", "models": {"gpt-5": "983bc566"}}
+    key = {"bridge_api_key": "sk-admin-set"}
     assert (
         client.post(
             "/session/register",
@@ -209,6 +212,7 @@ def test_token_cannot_point_the_gateway_elsewhere_but_keeps_admin_settings(clien
                 "session_id": SID,
                 "message_id": MID,
                 **admin_set,
+                **key,
             },
         ).status_code
         == 201
@@ -217,6 +221,7 @@ def test_token_cannot_point_the_gateway_elsewhere_but_keeps_admin_settings(clien
     session = register(client, token, message_id=new_mid).get_json()["session"]
     assert session["message_id"] == new_mid
     assert {k: session[k] for k in admin_set} == admin_set
+    assert session["bridge_api_key_set"] is True
 
 
 def test_sub_uri_deployment_keeps_the_prefix_once(client, admin):

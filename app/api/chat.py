@@ -31,7 +31,11 @@ def create_chat_completion():
     router = get_router()
     # Routed by the name the upstream will be asked for: providers list that one, not the client's alias.
     plan = router.plan(
-        upstream_model, request.headers.get("X-Provider"), session and session.bridge_base_url, session is not None
+        upstream_model,
+        request.headers.get("X-Provider"),
+        session and session.bridge_base_url,
+        session is not None,
+        session_key=session and session.bridge_api_key,
     )
     dispatcher = router.dispatcher(plan)
     if chat.stream:

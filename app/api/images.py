@@ -29,7 +29,7 @@ def create_image():
     """Generate images from a prompt with an LMArena image model."""
     image = parse_image_request(read_json_body(), current_app.config["GATEWAY_IMAGE_MAX_N"])
     session = session_from_headers()
-    bridge = get_router().bridge_for(session.bridge_base_url if session else None)
+    bridge = get_router().bridge_for(session and session.bridge_base_url, session and session.bridge_api_key)
     model = image.model or _default_image_model(bridge)
     # A session's models map or GATEWAY_MODEL_ALIASES may name another model, as for chat.
     upstream_model, extra = resolve_model(session, model)

@@ -21,7 +21,7 @@ def _models() -> list[dict]:
             # An explicit X-Provider lists that provider's models only.
             return router.plan("", selector)[0].models()
         return router.models()
-    bridge = get_router().bridge_for(session.bridge_base_url)
+    bridge = get_router().bridge_for(session.bridge_base_url, session.bridge_api_key)
     if session.models:
         created = int(parse_time(session.updated_at).timestamp())
         return [{"id": name, "object": "model", "created": created, "owned_by": bridge.name} for name in session.models]

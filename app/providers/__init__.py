@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask, current_app
@@ -27,8 +28,11 @@ def init_app(app: Flask) -> None:
     config = app.config
     files = BridgeFiles(config["LMARENA_BRIDGE_MODELS_FILE"], config["LMARENA_BRIDGE_CONFIG_FILE"])
 
-    def make_bridge(base_url: str) -> LMArenaBridge:
-        return LMArenaBridge(provider_settings(config, "LMARENA_BRIDGE", base_url), files)
+    def make_bridge(base_url: str, api_key: str | None = None) -> LMArenaBridge:
+        settings = provider_settings(config, "LMARENA_BRIDGE", base_url)
+        if not api_key:
+            return LMArenaBridge(settings, files)
+        return LMArenaBridge(replace(settings, api_key=api_key), files, key_source="the session's bridge_api_key")
 
     enabled = {
         name

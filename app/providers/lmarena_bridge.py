@@ -92,9 +92,13 @@ class LMArenaBridge(OpenAICompatible):
     # The bridge has no /health; /v1/models needs no key, and 404 there only means models.json is empty.
     health_ok = frozenset({200, 404})
 
-    def __init__(self, settings: ProviderSettings, files: BridgeFiles | None = None) -> None:
+    def __init__(
+        self, settings: ProviderSettings, files: BridgeFiles | None = None, key_source: str = "LMARENA_BRIDGE_API_KEY"
+    ) -> None:
         super().__init__(settings)
         self.files = files or BridgeFiles()
+        # Where its key came from, for the message when the bridge refuses it: the setting, or a session's own.
+        self.key_source = key_source
         cache = settings.models_cache_seconds
         self._remote_models = Refreshing(self.fetch_models, cache, min(5.0, cache))
 
@@ -147,7 +151,7 @@ class LMArenaBridge(OpenAICompatible):
             return bridge_error(said.partition(ERROR_MARKER)[2] or said)
         if status in (401, 403):
             return UpstreamError(
-                f"{self.label} rejected the gateway's key (HTTP {status}); set LMARENA_BRIDGE_API_KEY to the "
+                f"{self.label} rejected the gateway's key (HTTP {status}); set {self.key_source} to the "
                 "api_key in the bridge's config.jsonc.",
                 code="upstream_auth_failed",
                 retryable=False,

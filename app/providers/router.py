@@ -57,13 +57,18 @@ class Router:
             )
         return bridge
 
-    def bridge_for(self, base_url: str | None) -> LMArenaBridge:
-        """Return the bridge at base_url (a session's own bridge), or the configured one."""
+    def bridge_for(self, base_url: str | None, api_key: str | None = None) -> LMArenaBridge:
+        """Return the bridge at base_url sent api_key (a session's own bridge), or the configured one."""
         bridge = self.bridge  # raises when the bridge is disabled
-        return self.bridges.get(base_url) if self.bridges is not None else bridge
+        return self.bridges.get(base_url, api_key) if self.bridges is not None else bridge
 
     def plan(
-        self, model: str, selector: str | None = None, session_url: str | None = None, session: bool = False
+        self,
+        model: str,
+        selector: str | None = None,
+        session_url: str | None = None,
+        session: bool = False,
+        session_key: str | None = None,
     ) -> list[Provider]:
         """Return the providers to try for a model, best first.
 
@@ -92,9 +97,9 @@ class Router:
                     param="X-Provider",
                     code="invalid_provider",
                 )
-            return [self.bridge_for(session_url) if name == "lmarena_bridge" else provider]
+            return [self.bridge_for(session_url, session_key) if name == "lmarena_bridge" else provider]
         if session:
-            return [self.bridge_for(session_url)]
+            return [self.bridge_for(session_url, session_key)]
         routed = [p for name in self.routes.get(model, ()) if (p := self._enabled(name))]
         if routed:
             return routed

@@ -10,7 +10,7 @@ from ..errors import SessionLimitReached
 
 SCHEMA_VERSION = 1
 # Fields a re-registration may leave as they are (a userscript sends only the ids it captured).
-KEEPABLE = frozenset({"bridge_base_url", "models"})
+KEEPABLE = frozenset({"bridge_base_url", "bridge_api_key", "models"})
 
 
 def utcnow() -> datetime:
@@ -42,13 +42,18 @@ class Session:
     session_id: str
     message_id: str
     bridge_base_url: str | None = None
+    # The key its bridge wants; stored, never shown (repr, to_dict), so no log line or answer can carry it.
+    bridge_api_key: str | None = field(default=None, repr=False)
     models: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     updated_at: str = ""
     last_seen_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Return the session as it may be shown: whether it has a bridge key, never the key."""
+        data = asdict(self)
+        data["bridge_api_key_set"] = bool(data.pop("bridge_api_key"))
+        return data
 
     def record(self) -> dict[str, Any]:
         """Return what is stored under (domain, session_name)."""
@@ -81,7 +86,8 @@ class SessionStore:
     ) -> tuple[Session, bool]:
         """Create or update a session and mark it seen; return it and whether it is new.
 
-        Fields named in keep (bridge_base_url, models) keep their stored value when the session exists.
+        Fields named in keep (bridge_base_url, bridge_api_key, models) keep their stored value when the session
+        exists; a kept bridge_api_key only while bridge_base_url stays the same (see keep_stored).
 
         :raise SessionLimitReached: when it is not active yet and its domain already has `limit` active sessions.
         """
@@ -105,6 +111,18 @@ class SessionStore:
 
     def close(self) -> None:
         """Release connections."""
+
+
+def keep_stored(session: Session, existing: dict[str, Any] | None, keep: frozenset[str]) -> None:
+    """Give session the stored values of the fields in keep; a bridge key is dropped when its bridge changes."""
+    if not existing:
+        return
+    for name in keep & KEEPABLE:
+        if name in existing:
+            setattr(session, name, existing[name])
+    # A key belongs to the bridge it was given for: it is never sent to another URL the session is moved to.
+    if "bridge_api_key" in keep and existing.get("bridge_base_url") != session.bridge_base_url:
+        session.bridge_api_key = None
 
 
 def limit_error(domain: str, limit: int, window: float) -> SessionLimitReached:

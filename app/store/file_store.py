@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .base import KEEPABLE, Session, SessionStore, isoformat, limit_error, seen_since
+from .base import Session, SessionStore, isoformat, keep_stored, limit_error, seen_since
 from .locked_file import LockedJsonFile, Table
 
 __all__ = ["JsonSessionStore"]
@@ -50,9 +50,7 @@ class JsonSessionStore(SessionStore):
                 active = sum(1 for n, r in names.items() if n != session.session_name and r["last_seen_at"] >= since)
                 if active >= limit:
                     raise limit_error(session.domain, limit, (now - active_since).total_seconds())
-            for name in keep & KEEPABLE:
-                if existing and name in existing:
-                    setattr(session, name, existing[name])
+            keep_stored(session, existing, keep)
             session.created_at = existing["created_at"] if existing else stamp
             session.updated_at = session.last_seen_at = stamp
             names[session.session_name] = session.record()

@@ -28,6 +28,11 @@ if (not new) and (ARGV[8] ~= '' ) then
   local old = cjson.decode(redis.call('HGET', KEYS[1], 'record'))
   local merged = cjson.decode(record)
   for field in string.gmatch(ARGV[8], '[^,]+') do merged[field] = old[field] end
+  -- as keep_stored in base.py: a kept bridge key is dropped when the bridge URL changes
+  local keeps_key = string.find(',' .. ARGV[8] .. ',', ',bridge_api_key,', 1, true)
+  if keeps_key and merged['bridge_base_url'] ~= old['bridge_base_url'] then
+    merged['bridge_api_key'] = nil
+  end
   record = cjson.encode(merged)
 end
 redis.call('HSET', KEYS[1], 'record', record, 'last_seen_at', ARGV[6])
