@@ -113,7 +113,7 @@ class Router:
                 code="model_not_found",
             )
         # Providers whose circuit is open go last: they are tried only when their probe is due.
-        return sorted(candidates, key=lambda p: self.breaker.retry_in(p.name) is not None)
+        return sorted(candidates, key=lambda p: self.breaker.retry_in(p.breaker_key) is not None)
 
     def dispatcher(self, plan: list[Provider]) -> Dispatcher:
         """Return a Dispatcher for one request over plan."""
@@ -170,7 +170,7 @@ class Router:
                         "first_byte": provider.settings.first_byte_timeout,
                         "idle": provider.settings.idle_timeout,
                     },
-                    "circuit": self.breaker.snapshot(provider.name) if enabled else None,
+                    "circuit": self.breaker.snapshot(provider.breaker_key) if enabled else None,
                     "models_count": len(ids) if ids is not None else None,
                 }
             )
