@@ -6,9 +6,8 @@ import pytest
 
 from app.errors import UpstreamError
 from app.providers.breaker import Breaker
-from app.providers.lmarena_bridge import bridge_key
 from app.store.breaker_state import FileState
-from tests.helpers.redis_server import free_port
+from tests.helpers.redis_server import RedisServer, free_port
 from tests.upstreams.fake_bridge import FakeBridge
 
 SID, MID = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
@@ -43,8 +42,10 @@ def chat(client, auth, session: str | None = None, text: str = "hi"):
     return client.post("/v1/chat/completions", json=body, headers=headers)
 
 
-def circuit(client, url: str) -> dict:
-    return client.application.extensions["router"].breaker.snapshot(bridge_key(url))
+def bridges(client, admin) -> dict[str, dict]:
+    data = client.get("/providers/status", headers=admin).get_json()["data"]
+    row = next(p for p in data if p["name"] == "lmarena_bridge")
+    return {b["base_url"]: b for b in row["bridges"]}
 
 
 def kill_a_session_bridge(client, auth, admin, dead_url: str, other_url: str) -> None:
@@ -67,14 +68,17 @@ def test_dead_session_bridge_opens_only_its_own_circuit(make_app, settings, brid
     for _ in range(FAILURES + 1):
         assert chat(client, auth).status_code == 200
         assert chat(client, auth, "alive").get_json()["choices"][0]["message"]["content"] == "from the other bridge"
-    configured, alive, dead = (circuit(client, url) for url in (bridge.url, other_bridge.url, dead_url))
-    assert configured["state"] == "closed" and alive["state"] == "closed"
-    assert configured["requests"] == alive["requests"] == FAILURES + 1
-    assert configured["errors"] == alive["errors"] == 0
-    assert dead["state"] == "open" and dead["retry_at"]
+    known = bridges(client, admin)
+    assert [b["source"] for b in known.values()] == ["configured", "session", "session"]
+    dead, configured, alive = known[dead_url], known[bridge.url], known[other_bridge.url]
+    assert configured["circuit"]["state"] == "closed" and alive["circuit"]["state"] == "closed"
+    assert configured["circuit"]["requests"] == alive["circuit"]["requests"] == FAILURES + 1
+    assert configured["circuit"]["errors"] == alive["circuit"]["errors"] == 0
+    circuit = dead["circuit"]
+    assert circuit["state"] == "open" and circuit["retry_at"]
     # Three requests of three attempts each: three failures, not nine.
-    assert dead["consecutive_failures"] == dead["errors"] == dead["requests"] == FAILURES
-    assert dead["last_error"]["code"] == "upstream_unreachable"
+    assert circuit["consecutive_failures"] == circuit["errors"] == circuit["requests"] == FAILURES
+    assert circuit["last_error"]["code"] == "upstream_unreachable"
 
 
 def test_retries_in_one_request_count_once(make_app, settings, other_bridge, auth, admin):
@@ -83,13 +87,53 @@ def test_retries_in_one_request_count_once(make_app, settings, other_bridge, aut
     response = chat(client, auth, "flaky", "[[fake:status:502]]")
     assert response.status_code == 502
     assert len([r for r in other_bridge.requests if r.path == "/v1/chat/completions"]) == 3
-    flaky = circuit(client, other_bridge.url)
-    assert (flaky["state"], flaky["consecutive_failures"], flaky["requests"], flaky["errors"]) == (
+    circuit = bridges(client, admin)[other_bridge.url]["circuit"]
+    assert (circuit["state"], circuit["consecutive_failures"], circuit["requests"], circuit["errors"]) == (
         "closed",
         1,
         1,
         1,
     )
+
+
+def test_the_configured_bridge_keeps_its_provider_row(make_app, settings, bridge, admin):
+    data = make_app(**settings).test_client().get("/providers/status", headers=admin).get_json()["data"]
+    row = next(p for p in data if p["name"] == "lmarena_bridge")
+    assert row["base_url"] == bridge.url and row["circuit"]["state"] == "closed"
+    assert row["bridges"] == [{"base_url": bridge.url, "source": "configured", "circuit": row["circuit"]}]
+    assert "bridges" not in next(p for p in data if p["name"] == "yupp2api")
+
+
+def test_other_processes_bridges_come_from_the_shared_state(make_app, settings, other_bridge, auth, admin):
+    first = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(first, auth, admin, dead_url, other_bridge.url)
+    assert chat(first, auth, "alive").status_code == 200
+    second = make_app(**settings).test_client()  # another process: same storage, no bridges of its own built yet
+    known = bridges(second, admin)
+    assert known[dead_url]["source"] == known[other_bridge.url]["source"] == "shared_state"
+    assert known[dead_url]["circuit"]["state"] == "open"
+    paused = chat(second, auth, "dead")
+    assert paused.status_code == 503 and paused.get_json()["error"]["code"] == "circuit_open"
+
+
+def test_health_counts_bridges_without_naming_them(make_app, settings, bridge, other_bridge, auth, admin):
+    client = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+    assert chat(client, auth, "alive").status_code == 200
+    response = client.get("/health")
+    body = response.get_json()
+    assert body["bridges"] == {"up": 2, "total": 3}
+    assert body["status"] == "ok"  # a session's dead bridge is that session's trouble
+    assert body["upstreams"]["lmarena_bridge"]["base_url"] == bridge.url  # the configured one, as before
+    text = response.get_data(as_text=True)
+    assert dead_url not in text and other_bridge.url not in text
+
+
+def test_health_counts_no_bridges_when_the_bridge_is_disabled(make_app, with_yupp):
+    body = make_app(**with_yupp, LMARENA_BRIDGE_ENABLED=False).test_client().get("/health").get_json()
+    assert body["bridges"] == {"up": 0, "total": 0}
 
 
 def test_breaker_counts_a_request_once_and_saves_pending_successes(tmp_path):
@@ -105,3 +149,22 @@ def test_breaker_counts_a_request_once_and_saves_pending_successes(tmp_path):
     breaker.success("b", 10.0)
     assert breaker.snapshot("b")["requests"] == 6  # a snapshot saves this process's pending count first
     assert breaker.names() == ["b"]
+
+
+@pytest.mark.slow  # its own redis-server
+def test_bridge_circuits_in_redis(tmp_path, make_app, settings, bridge, other_bridge, auth, admin):
+    server = RedisServer(tmp_path)
+    (tmp_path / "storage").mkdir()  # the secrets generated once still live there
+    try:
+        redis = {**settings, "SESSION_STORE": "redis", "REDIS_URL": server.url}
+        client = make_app(**redis).test_client()
+        dead_url = f"http://127.0.0.1:{free_port()}"
+        kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+        assert chat(client, auth).status_code == 200
+        assert chat(client, auth, "alive").status_code == 200
+        known = bridges(make_app(**redis).test_client(), admin)  # another process, sharing Redis
+        assert known[dead_url]["circuit"]["state"] == "open" and known[dead_url]["source"] == "shared_state"
+        assert known[bridge.url]["circuit"]["state"] == known[other_bridge.url]["circuit"]["state"] == "closed"
+        assert known[dead_url]["circuit"]["errors"] == FAILURES
+    finally:
+        server.stop()
