@@ -8,6 +8,7 @@ from app.errors import UpstreamError
 from app.providers.breaker import Breaker
 from app.store.breaker_state import FileState
 from tests.helpers.redis_server import RedisServer, free_port
+from tests.test_dashboard import row
 from tests.upstreams.fake_bridge import FakeBridge
 
 SID, MID = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
@@ -129,6 +130,19 @@ def test_health_counts_bridges_without_naming_them(make_app, settings, bridge, o
     assert body["upstreams"]["lmarena_bridge"]["base_url"] == bridge.url  # the configured one, as before
     text = response.get_data(as_text=True)
     assert dead_url not in text and other_bridge.url not in text
+
+
+def test_dashboard_lists_each_bridge(make_app, settings, bridge, other_bridge, auth, admin):
+    client = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+    page = client.get("/dashboard", headers=admin)
+    assert row(page, "providers", "lmarena_bridge")[3] == "closed"  # the configured bridge, as before
+    assert row(page, "bridges", bridge.url)[1:3] == ["configured", "closed"]
+    dead = row(page, "bridges", dead_url)
+    assert dead[1:3] == ["session", "open"] and dead[3] != "—"
+    assert dead[4:7] == [str(FAILURES)] * 3
+    assert "refused" in dead[8]
 
 
 def test_health_counts_no_bridges_when_the_bridge_is_disabled(make_app, with_yupp):
