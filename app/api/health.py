@@ -19,8 +19,9 @@ OPEN_WARNING = "GATEWAY_API_KEYS is not set: /v1 is open to anyone who can reach
 
 @bp.get("/health")
 def health():
-    """Report status, version, time, auth mode and each upstream's reachability (cached a few seconds)."""
-    upstreams = get_router().health()
+    """Report status, version, time, auth mode, each upstream's reachability and how many bridges are up (cached)."""
+    router = get_router()
+    upstreams = router.health()
     try:
         store = {"ok": True, **get_store().describe()}
     except StoreError as exc:
@@ -33,6 +34,8 @@ def health():
         "uptime_seconds": round(time.monotonic() - current_app.extensions["started"], 1),
         "auth": "api_key" if current_app.config["GATEWAY_API_KEYS"] else "open",
         "upstreams": upstreams,
+        # Session bridges are counted, never named: their URLs are for the admin (/providers/status).
+        "bridges": router.bridge_counts(),
         "session_store": store,
     }
     if not current_app.config["GATEWAY_API_KEYS"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from .transport import MAX_UPSTREAM_BYTES, redact_url
@@ -113,6 +114,11 @@ class Provider:
     def public_url(self) -> str:
         """Return the base URL without user info or query, safe to show and log."""
         return redact_url(self.settings.base_url)
+
+    @cached_property
+    def breaker_key(self) -> str:
+        """Return the name of this upstream's circuit: one per upstream, so one dead upstream pauses no other."""
+        return self.name
 
     @property
     def max_retries(self) -> int:

@@ -19,11 +19,13 @@ EWMA = 0.3
 
 
 class Breaker:
-    """Open a provider's circuit after `failures` consecutive failures; after `cooldown` let one request probe it.
+    """Open a circuit after `failures` consecutive failed requests; after `cooldown` let one request probe it.
 
-    State lives in a shared record (FileState or RedisState), so all Passenger processes skip a dead upstream
-    together. A healthy provider costs one cached read per request: records are written on failures and state
-    changes, and otherwise at most every `stats_interval` seconds per process to refresh last success and latency.
+    A circuit is named by its upstream's `Provider.breaker_key` (one per bridge URL). State lives in a shared
+    record (FileState or RedisState), so all Passenger processes skip a dead upstream together. A healthy provider
+    costs one cached read per request: records are written on failures and state changes, and otherwise at most
+    every `stats_interval` seconds per process to refresh last success, latency and the request count (which
+    therefore lags by up to that long per process; a failure or a snapshot saves this process's share at once).
     """
 
     def __init__(self, state, failures: int = 5, cooldown: float = 30.0, stats_interval: float = 5.0) -> None:
@@ -31,6 +33,7 @@ class Breaker:
         self._lock = threading.Lock()
         self._flushed: dict[str, float] = {}
         self._samples: dict[str, list[float]] = {}
+        self._requests: dict[str, int] = {}  # successful requests not yet added to the shared count
 
     def allow(self, name: str) -> bool:
         """Return whether a request may go to the provider now (claiming the half-open probe if it is due)."""
@@ -54,18 +57,23 @@ class Breaker:
             log.info("circuit for %s half-open: probing with one request", name)
         return claimed or record.get("state", CLOSED) == CLOSED
 
-    def success(self, name: str, latency_ms: float) -> None:
-        """Record a success: closes the circuit, and now and then refreshes the shared statistics."""
+    def success(self, name: str, latency_ms: float, new_request: bool = True) -> None:
+        """Record a success: closes the circuit, and now and then refreshes the shared statistics.
+
+        new_request is False when this request was already counted for name (it failed there first).
+        """
         record = self._get(name)
         healthy = record.get("state", CLOSED) == CLOSED and not record.get("failures")
         with self._lock:
             samples = self._samples.setdefault(name, [])
             samples.append(latency_ms)
+            self._requests[name] = self._requests.get(name, 0) + new_request
             now = time.monotonic()
             if healthy and now - self._flushed.get(name, 0.0) < self.stats_interval:
                 return
             self._flushed[name] = now
             batch, self._samples[name] = samples, []
+            requests = self._requests.pop(name, 0)
         stamp = isoformat(utcnow())
 
         def close(current):
@@ -75,6 +83,7 @@ class Breaker:
                 **current,
                 "state": CLOSED,
                 "failures": 0,
+                "requests": current.get("requests", 0) + requests,
                 "last_success_at": stamp,
                 "latency_ms": round(latency if previous is None else EWMA * latency + (1 - EWMA) * previous, 1),
             }
@@ -83,15 +92,23 @@ class Breaker:
         if not healthy:
             log.info("circuit for %s closed: it answered again", name)
 
-    def failure(self, name: str, error: GatewayError) -> None:
-        """Record a provider failure; open the circuit at the threshold, or at once when a probe failed."""
+    def failure(self, name: str, error: GatewayError, new_request: bool = True) -> None:
+        """Record a failed request; open the circuit at the threshold, or at once when a probe failed.
+
+        Call it once per request and circuit, however many attempts failed; new_request is False when the
+        request was already counted for name (a stream that failed after it started).
+        """
         now, stamp = time.time(), isoformat(utcnow())
+        with self._lock:
+            requests = self._requests.pop(name, 0) + new_request  # the write happens anyway: save pending counts
 
         def fail(current):
             failures = int(current.get("failures", 0)) + 1
             record = {
                 **current,
                 "failures": failures,
+                "requests": current.get("requests", 0) + requests,
+                "errors": current.get("errors", 0) + 1,
                 "last_failure_at": stamp,
                 "last_error": {"code": error.code, "message": error.message[:300]},
             }
@@ -104,7 +121,11 @@ class Breaker:
         self._update(name, fail)
 
     def snapshot(self, name: str) -> dict[str, Any]:
-        """Return the shared record, as /providers/status shows it."""
+        """Return the shared record, as /providers/status shows it (saving this process's pending count first)."""
+        with self._lock:
+            requests = self._requests.pop(name, 0)
+        if requests:
+            self._update(name, lambda current: {**current, "requests": current.get("requests", 0) + requests})
         record = self._get(name)
         state = record.get("state", CLOSED)
         retry_at = record.get("retry_at") if state == OPEN else None
@@ -116,7 +137,20 @@ class Breaker:
             "last_failure_at": record.get("last_failure_at"),
             "last_error": record.get("last_error"),
             "latency_ms": record.get("latency_ms"),
+            "requests": record.get("requests", 0),
+            "errors": record.get("errors", 0),
         }
+
+    def names(self) -> list[str]:
+        """Return the name of every circuit in the shared state, this process's or another's."""
+        try:
+            return self.state.names()
+        except StoreError:
+            return []
+
+    def state_of(self, name: str) -> str:
+        """Return the circuit's state: closed, open or half_open."""
+        return self._get(name).get("state", CLOSED)
 
     def retry_in(self, name: str) -> float | None:
         """Return seconds until an open circuit admits a probe, or None when it is not open."""

@@ -39,6 +39,10 @@ class BridgePool:
                     bridge = self._bridges[address] = self.factory(*address)
         return bridge
 
+    def members(self) -> list[LMArenaBridge]:
+        """Return the configured bridge and every session bridge built so far."""
+        return [self.default, *self._bridges.copy().values()]
+
     def close(self) -> None:
         """Close every session bridge's connections (the default is closed with the other providers)."""
         with self._lock:

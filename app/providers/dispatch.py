@@ -82,6 +82,9 @@ class Dispatcher:
     last_provider: str | None = None
     attempt_count: int = 0
     deadline: float = field(init=False)
+    # Circuits this request has reported to: a request counts once per circuit, however many attempts it made.
+    _counted: set[str] = field(init=False, default_factory=set)
+    _failed: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.budget
@@ -139,13 +142,26 @@ class Dispatcher:
     def failed_after_start(self, provider: Provider, error: GatewayError) -> None:
         """Count a failure that came after the stream started (it cannot be retried, but it is the provider's)."""
         if error.provider_fault:
-            self.breaker.failure(provider.name, error)
+            self._failure(provider, error)
+
+    def _failure(self, provider: Provider, error: GatewayError) -> None:
+        """Tell the breaker once per request: retries of one request are one failure, not several."""
+        key = provider.breaker_key
+        if key not in self._failed:
+            self._failed.add(key)
+            self.breaker.failure(key, error, new_request=self._count(key))
+
+    def _count(self, key: str) -> bool:
+        """Return whether this is the request's first report for the circuit key (and note it)."""
+        new = key not in self._counted
+        self._counted.add(key)
+        return new
 
     def _run(self, attempt: Callable[[Provider, float], Waiting[T]], beat: Beat) -> Waiting[tuple[Provider, T]]:
         last: GatewayError | None = None
         skipped = []
         for provider in self.plan:
-            if not self.breaker.allow(provider.name):
+            if not self.breaker.allow(provider.breaker_key):
                 skipped.append(provider)
                 continue
             for number in range(provider.max_retries + 1):
@@ -159,8 +175,8 @@ class Dispatcher:
                 except GatewayError as error:
                     last = error
                     if error.provider_fault:
-                        self.breaker.failure(provider.name, error)
-                    log.info("%s attempt %d failed: %s", provider.name, number + 1, error.code)
+                        self._failure(provider, error)
+                    log.info("%s attempt %d failed: %s", provider.breaker_key, number + 1, error.code)
                     if not error.retryable or number == provider.max_retries:
                         break
                     delay = self.policy.delay(number, error.retry_after)
@@ -168,7 +184,8 @@ class Dispatcher:
                         break
                     yield from _sleep(delay, beat)
                     continue
-                self.breaker.success(provider.name, (time.monotonic() - started) * 1000)
+                key = provider.breaker_key
+                self.breaker.success(key, (time.monotonic() - started) * 1000, new_request=self._count(key))
                 return provider, result
             if last is not None and not last.fallback:
                 raise last
@@ -184,7 +201,7 @@ class Dispatcher:
         )
 
     def _all_open(self, skipped: list[Provider]) -> GatewayError:
-        waits = [w for p in skipped if (w := self.breaker.retry_in(p.name)) is not None]
+        waits = [w for p in skipped if (w := self.breaker.retry_in(p.breaker_key)) is not None]
         names = ", ".join(p.name for p in skipped)
         return UpstreamUnavailable(
             f"Every provider for this request is failing and paused (circuit open: {names}); retry shortly.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import cached_property
 from typing import Any
 
 from ..errors import (
@@ -102,6 +103,11 @@ class LMArenaBridge(OpenAICompatible):
         cache = settings.models_cache_seconds
         self._remote_models = Refreshing(self.fetch_models, cache, min(5.0, cache))
 
+    @cached_property
+    def breaker_key(self) -> str:
+        # Users run one bridge per browser tab: each has its own circuit, the configured one included.
+        return bridge_key(self.public_url)
+
     def headers(self) -> dict[str, str]:
         # The bridge on the same machine keeps its key in config.jsonc; use it when no key is configured here.
         key = self.settings.api_key or str(self.files.config.get("api_key") or "")
@@ -171,6 +177,17 @@ class LMArenaBridge(OpenAICompatible):
                 retry_after=5,
             )
         return status_error(self.label, status, said, headers)
+
+
+def bridge_key(public_url: str) -> str:
+    """Return the circuit name of the bridge at public_url (a URL without credentials)."""
+    return f"{LMArenaBridge.name}@{public_url.rstrip('/')}"
+
+
+def bridge_url(key: str) -> str | None:
+    """Return the public URL in a bridge's circuit name, or None when key names no bridge."""
+    name, at, url = key.partition("@")
+    return url if at and name == LMArenaBridge.name else None
 
 
 def _delta_text(obj: dict[str, Any]) -> str:

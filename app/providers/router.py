@@ -10,10 +10,10 @@ from typing import Any
 from ..config import PROVIDER_NAMES
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from .base import Provider
-from .breaker import Breaker
+from .breaker import CLOSED, Breaker
 from .bridge_pool import BridgePool
 from .dispatch import Dispatcher, RetryPolicy
-from .lmarena_bridge import LMArenaBridge
+from .lmarena_bridge import LMArenaBridge, bridge_url
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class Router:
         self.health_cache_seconds = health_cache_seconds
         self._health: tuple[float, dict[str, Any]] = (0.0, {})
         self._health_lock = threading.Lock()
+        self._bridge_counts: tuple[float, dict[str, int]] = (0.0, {})
         self.bridges = bridges
 
     def _enabled(self, name: str) -> Provider | None:
@@ -118,7 +119,7 @@ class Router:
                 code="model_not_found",
             )
         # Providers whose circuit is open go last: they are tried only when their probe is due.
-        return sorted(candidates, key=lambda p: self.breaker.retry_in(p.name) is not None)
+        return sorted(candidates, key=lambda p: self.breaker.retry_in(p.breaker_key) is not None)
 
     def dispatcher(self, plan: list[Provider]) -> Dispatcher:
         """Return a Dispatcher for one request over plan."""
@@ -157,12 +158,48 @@ class Router:
         finally:
             self._health_lock.release()
 
+    def known_bridges(self) -> dict[str, tuple[str, str]]:
+        """Return every bridge's circuit name -> (public URL, source), the configured bridge first.
+
+        Sources: "configured"; "session", a session's bridge this process has built; "shared_state", a bridge
+        known only from the circuit records (another process's, or one this process has let go).
+        """
+        if self._enabled("lmarena_bridge") is None:
+            return {}
+        members = self.bridges.members() if self.bridges is not None else [self.bridge]
+        known: dict[str, tuple[str, str]] = {}
+        for index, bridge in enumerate(members):
+            known.setdefault(bridge.breaker_key, (bridge.public_url, "session" if index else "configured"))
+        for key in self.breaker.names():
+            if (url := bridge_url(key)) is not None:
+                known.setdefault(key, (url, "shared_state"))
+        return known
+
+    def bridge_status(self) -> list[dict[str, Any]]:
+        """Return every known bridge with its circuit (for the admin: URLs included, never credentials)."""
+        return [
+            {"base_url": url, "source": source, "circuit": self.breaker.snapshot(key)}
+            for key, (url, source) in self.known_bridges().items()
+        ]
+
+    def bridge_counts(self) -> dict[str, int]:
+        """Return how many known bridges have a closed circuit, of how many (no URLs: /health shows this)."""
+        expires, counts = self._bridge_counts
+        if time.monotonic() < expires:
+            return counts
+        known = self.known_bridges()
+        up = sum(self.breaker.state_of(key) == CLOSED for key in known)
+        counts = {"up": up, "total": len(known)}
+        self._bridge_counts = (time.monotonic() + self.health_cache_seconds, counts)
+        return counts
+
     def status(self) -> list[dict[str, Any]]:
-        """Return every provider's configuration and shared circuit state (no secrets)."""
+        """Return every provider's configuration and shared circuit state (no secrets); the bridge lists each bridge."""
         result = []
         for provider in self.all_providers:
             enabled = provider in self.providers
             ids = provider.known_models() if enabled else None
+            bridges = {"bridges": self.bridge_status()} if enabled and provider.name == "lmarena_bridge" else {}
             result.append(
                 {
                     "name": provider.name,
@@ -175,8 +212,9 @@ class Router:
                         "first_byte": provider.settings.first_byte_timeout,
                         "idle": provider.settings.idle_timeout,
                     },
-                    "circuit": self.breaker.snapshot(provider.name) if enabled else None,
+                    "circuit": self.breaker.snapshot(provider.breaker_key) if enabled else None,
                     "models_count": len(ids) if ids is not None else None,
+                    **bridges,
                 }
             )
         return result

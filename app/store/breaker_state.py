@@ -33,12 +33,19 @@ class FileState:
         self._fresh_until = 0.0
 
     def get(self, name: str) -> Record:
+        return self._read().get(name, {})
+
+    def names(self) -> list[str]:
+        """Return the name of every record."""
+        return list(self._read())
+
+    def _read(self) -> Record:
         # Every routed request reads this twice; checking the file each time (an os.stat) was 3-9% of a request.
         now = time.monotonic()
         if now >= self._fresh_until:
             self._table = self.file.read()
             self._fresh_until = now + self.CACHE_SECONDS
-        return self._table.get(name, {})
+        return self._table
 
     def update(self, name: str, change: Change) -> tuple[Record, bool]:
         """Apply change to the record under the lock; return the record and whether it changed."""
@@ -79,6 +86,15 @@ class RedisState:
         self._cache[name] = (time.monotonic() + self.CACHE_SECONDS, record)
         return record
 
+    def names(self) -> list[str]:
+        """Return the name of every record (a SCAN: for status pages, not the request path)."""
+        start = self.prefix + "provider:"
+        try:
+            keys = self.client.scan_iter(match=_glob_escape(start) + "*", count=500)
+            return [(key.decode() if isinstance(key, bytes) else key)[len(start) :] for key in keys]
+        except (self._redis.exceptions.RedisError, OSError) as exc:
+            raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
+
     def update(self, name: str, change: Change) -> tuple[Record, bool]:
         key = self.prefix + "provider:" + name
         try:
@@ -102,6 +118,10 @@ class RedisState:
         except (self._redis.exceptions.RedisError, OSError) as exc:
             raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
         raise StoreError("Provider state kept changing under concurrent updates; try again.", code="store_busy")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def open_breaker_state(config) -> FileState | RedisState:

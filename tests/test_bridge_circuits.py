@@ -1,0 +1,184 @@
+"""A circuit per bridge: a dead session bridge pauses itself only; /providers/status and /health show each bridge."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import UpstreamError
+from app.providers.breaker import Breaker
+from app.store.breaker_state import FileState
+from tests.helpers.redis_server import RedisServer, free_port
+from tests.test_dashboard import row
+from tests.upstreams.fake_bridge import FakeBridge
+
+SID, MID = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+HI = [{"role": "user", "content": "hi"}]
+FAILURES = 3
+
+
+@pytest.fixture
+def settings():
+    # Three tries per request: retries within a request must still count as one failure.
+    return {"GATEWAY_BREAKER_FAILURES": FAILURES, "LMARENA_BRIDGE_MAX_RETRIES": 2}
+
+
+@pytest.fixture
+def other_bridge():
+    """A second healthy bridge, as a second browser tab would run."""
+    with FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from the other bridge") as fake:
+        yield fake
+
+
+def register(client, admin, name: str, bridge_url: str | None) -> None:
+    body = {"domain": "lmarena.ai", "session_name": name, "session_id": SID, "message_id": MID}
+    if bridge_url:
+        body["bridge_base_url"] = bridge_url
+    response = client.post("/session/register", json=body, headers=admin)
+    assert response.status_code in (200, 201), response.get_json()
+
+
+def chat(client, auth, session: str | None = None, text: str = "hi"):
+    headers = {**auth, **({"X-Session-Name": session} if session else {})}
+    body = {"model": "gpt-5", "messages": [{"role": "user", "content": text}]}
+    return client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def bridges(client, admin) -> dict[str, dict]:
+    data = client.get("/providers/status", headers=admin).get_json()["data"]
+    row = next(p for p in data if p["name"] == "lmarena_bridge")
+    return {b["base_url"]: b for b in row["bridges"]}
+
+
+def kill_a_session_bridge(client, auth, admin, dead_url: str, other_url: str) -> None:
+    """Bind "dead" to a closed port and "alive" to other_url, then send "dead" enough requests to open its circuit."""
+    register(client, admin, "dead", dead_url)
+    register(client, admin, "alive", other_url)
+    for _ in range(FAILURES):
+        response = chat(client, auth, "dead")
+        assert response.status_code == 502, response.get_json()
+        assert response.get_json()["error"]["code"] == "upstream_unreachable"
+    paused = chat(client, auth, "dead")
+    assert paused.status_code == 503 and paused.get_json()["error"]["code"] == "circuit_open"
+
+
+def test_dead_session_bridge_opens_only_its_own_circuit(make_app, settings, bridge, other_bridge, auth, admin):
+    client = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+    # Plain requests and the other session still reach their bridges.
+    for _ in range(FAILURES + 1):
+        assert chat(client, auth).status_code == 200
+        assert chat(client, auth, "alive").get_json()["choices"][0]["message"]["content"] == "from the other bridge"
+    known = bridges(client, admin)
+    assert [b["source"] for b in known.values()] == ["configured", "session", "session"]
+    dead, configured, alive = known[dead_url], known[bridge.url], known[other_bridge.url]
+    assert configured["circuit"]["state"] == "closed" and alive["circuit"]["state"] == "closed"
+    assert configured["circuit"]["requests"] == alive["circuit"]["requests"] == FAILURES + 1
+    assert configured["circuit"]["errors"] == alive["circuit"]["errors"] == 0
+    circuit = dead["circuit"]
+    assert circuit["state"] == "open" and circuit["retry_at"]
+    # Three requests of three attempts each: three failures, not nine.
+    assert circuit["consecutive_failures"] == circuit["errors"] == circuit["requests"] == FAILURES
+    assert circuit["last_error"]["code"] == "upstream_unreachable"
+
+
+def test_retries_in_one_request_count_once(make_app, settings, other_bridge, auth, admin):
+    client = make_app(**settings).test_client()
+    register(client, admin, "flaky", other_bridge.url)
+    response = chat(client, auth, "flaky", "[[fake:status:502]]")
+    assert response.status_code == 502
+    assert len([r for r in other_bridge.requests if r.path == "/v1/chat/completions"]) == 3
+    circuit = bridges(client, admin)[other_bridge.url]["circuit"]
+    assert (circuit["state"], circuit["consecutive_failures"], circuit["requests"], circuit["errors"]) == (
+        "closed",
+        1,
+        1,
+        1,
+    )
+
+
+def test_the_configured_bridge_keeps_its_provider_row(make_app, settings, bridge, admin):
+    data = make_app(**settings).test_client().get("/providers/status", headers=admin).get_json()["data"]
+    row = next(p for p in data if p["name"] == "lmarena_bridge")
+    assert row["base_url"] == bridge.url and row["circuit"]["state"] == "closed"
+    assert row["bridges"] == [{"base_url": bridge.url, "source": "configured", "circuit": row["circuit"]}]
+    assert "bridges" not in next(p for p in data if p["name"] == "yupp2api")
+
+
+def test_other_processes_bridges_come_from_the_shared_state(make_app, settings, other_bridge, auth, admin):
+    first = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(first, auth, admin, dead_url, other_bridge.url)
+    assert chat(first, auth, "alive").status_code == 200
+    second = make_app(**settings).test_client()  # another process: same storage, no bridges of its own built yet
+    known = bridges(second, admin)
+    assert known[dead_url]["source"] == known[other_bridge.url]["source"] == "shared_state"
+    assert known[dead_url]["circuit"]["state"] == "open"
+    paused = chat(second, auth, "dead")
+    assert paused.status_code == 503 and paused.get_json()["error"]["code"] == "circuit_open"
+
+
+def test_health_counts_bridges_without_naming_them(make_app, settings, bridge, other_bridge, auth, admin):
+    client = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+    assert chat(client, auth, "alive").status_code == 200
+    response = client.get("/health")
+    body = response.get_json()
+    assert body["bridges"] == {"up": 2, "total": 3}
+    assert body["status"] == "ok"  # a session's dead bridge is that session's trouble
+    assert body["upstreams"]["lmarena_bridge"]["base_url"] == bridge.url  # the configured one, as before
+    text = response.get_data(as_text=True)
+    assert dead_url not in text and other_bridge.url not in text
+
+
+def test_dashboard_lists_each_bridge(make_app, settings, bridge, other_bridge, auth, admin):
+    client = make_app(**settings).test_client()
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+    page = client.get("/dashboard", headers=admin)
+    assert row(page, "providers", "lmarena_bridge")[3] == "closed"  # the configured bridge, as before
+    assert row(page, "bridges", bridge.url)[1:3] == ["configured", "closed"]
+    dead = row(page, "bridges", dead_url)
+    assert dead[1:3] == ["session", "open"] and dead[3] != "—"
+    assert dead[4:7] == [str(FAILURES)] * 3
+    assert "refused" in dead[8]
+
+
+def test_health_counts_no_bridges_when_the_bridge_is_disabled(make_app, with_yupp):
+    body = make_app(**with_yupp, LMARENA_BRIDGE_ENABLED=False).test_client().get("/health").get_json()
+    assert body["bridges"] == {"up": 0, "total": 0}
+
+
+def test_breaker_counts_a_request_once_and_saves_pending_successes(tmp_path):
+    breaker = Breaker(FileState(str(tmp_path / "providers.json")), failures=2, cooldown=30, stats_interval=60)
+    for _ in range(3):
+        breaker.success("b", 10.0)  # the first is written; the other two wait for the stats interval
+    breaker.failure("b", UpstreamError("down"))  # this request is a fourth: pending counts are saved with it
+    breaker.success("b", 10.0, new_request=False)  # the same request, answering on its retry
+    breaker.failure("b", UpstreamError("cut"), new_request=False)  # and failing after its stream started
+    snapshot = breaker.snapshot("b")
+    assert (snapshot["requests"], snapshot["errors"], snapshot["consecutive_failures"]) == (4, 2, 1)
+    breaker.success("b", 10.0)
+    breaker.success("b", 10.0)
+    assert breaker.snapshot("b")["requests"] == 6  # a snapshot saves this process's pending count first
+    assert breaker.names() == ["b"]
+
+
+@pytest.mark.slow  # its own redis-server
+def test_bridge_circuits_in_redis(tmp_path, make_app, settings, bridge, other_bridge, auth, admin):
+    server = RedisServer(tmp_path)
+    (tmp_path / "storage").mkdir()  # the secrets generated once still live there
+    try:
+        redis = {**settings, "SESSION_STORE": "redis", "REDIS_URL": server.url}
+        client = make_app(**redis).test_client()
+        dead_url = f"http://127.0.0.1:{free_port()}"
+        kill_a_session_bridge(client, auth, admin, dead_url, other_bridge.url)
+        assert chat(client, auth).status_code == 200
+        assert chat(client, auth, "alive").status_code == 200
+        known = bridges(make_app(**redis).test_client(), admin)  # another process, sharing Redis
+        assert known[dead_url]["circuit"]["state"] == "open" and known[dead_url]["source"] == "shared_state"
+        assert known[bridge.url]["circuit"]["state"] == known[other_bridge.url]["circuit"]["state"] == "closed"
+        assert known[dead_url]["circuit"]["errors"] == FAILURES
+    finally:
+        server.stop()
