@@ -1,4 +1,4 @@
-"""Session store throughput at 10,000 sessions: lookups/s and registrations/s with 1 and 8 writer processes.
+"""Session store throughput at 10,000 sessions: lookups/s, registrations/s and heartbeats/s from 1 and 8 processes.
 
 The JSON store (app/store/file_store.py: one file, file lock, fsync + os.replace per change) always; the Redis store
 too when redis-server is installed (a private one on a free loopback port, no persistence).
@@ -127,12 +127,31 @@ def registrations(kind: str, where: str, sessions: int, seconds: float, writer: 
     queue.put(times)
 
 
-def writers(kind: str, where: str, sessions: int, seconds: float, count: int) -> dict:
-    """Run `count` writer processes at once; return registrations/s in total and per-op latency."""
+def heartbeats(kind: str, where: str, sessions: int, seconds: float, writer: int, start, queue) -> None:
+    """Heartbeat random existing sessions for `seconds` after `start` is set."""
+    store = open_store(kind, where)
+    rng = random.Random(200 + writer)
+    times = []
+    start.wait(60)
+    deadline = time.monotonic() + seconds
+    for _ in range(MAX_OPS):
+        if time.monotonic() >= deadline:
+            break
+        i = rng.randrange(sessions)
+        started = time.perf_counter_ns()
+        if store.heartbeat(DOMAINS[i % len(DOMAINS)], session_name(i), now=datetime.now(UTC)) is None:
+            raise RuntimeError(f"heartbeat found no session {session_name(i)}")
+        times.append(time.perf_counter_ns() - started)
+    store.close()
+    queue.put(times)
+
+
+def writers(kind: str, where: str, sessions: int, seconds: float, count: int, target=registrations) -> dict:
+    """Run `count` writer processes at once; return changes/s in total and per-op latency."""
     context = multiprocessing.get_context("fork")
     start, queue = context.Event(), context.Queue()
     procs = [
-        context.Process(target=registrations, args=(kind, where, sessions, seconds, w, start, queue))
+        context.Process(target=target, args=(kind, where, sessions, seconds, w, start, queue))
         for w in range(count)
     ]
     for proc in procs:
@@ -225,6 +244,8 @@ def bench_backend(kind: str, where: str, sessions: int, seconds: float) -> dict:
     result["lookups_while_1_writer"] = lookups_while_writing(kind, where, sessions, seconds)
     result["register_1_writer"] = writers(kind, where, sessions, seconds, 1)
     result["register_8_writers"] = writers(kind, where, sessions, seconds, 8)
+    result["heartbeat_1_process"] = writers(kind, where, sessions, seconds, 1, heartbeats)
+    result["heartbeat_8_processes"] = writers(kind, where, sessions, seconds, 8, heartbeats)
     if kind == "json":
         result["file_bytes"] = Path(where).stat().st_size
     return result
