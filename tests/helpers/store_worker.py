@@ -1,6 +1,8 @@
 """Drive the real JSON session store from a separate OS process (multi-process and fault tests).
 
 usage: store_worker.py register PATH PREFIX COUNT ACKFILE   register COUNT sessions, logging each once it returned
+       store_worker.py heartbeat PATH PREFIX COUNT ROUNDS ACKFILE   heartbeat sessions PREFIX-0..COUNT-1 ROUNDS
+                                                            times, logging "name stamp" once each returned
        store_worker.py fsize-limit PATH BYTES               register one session with writes capped at BYTES
 """
 
@@ -37,6 +39,18 @@ def register(path: str, prefix: str, count: str, ack: str) -> None:
             acks.flush()
 
 
+def heartbeat(path: str, prefix: str, count: str, rounds: str, ack: str) -> None:
+    store = JsonSessionStore(path, lock_timeout=60)
+    with open(ack, "a", encoding="utf-8") as acks:
+        for _ in range(int(rounds)):
+            for i in range(int(count)):
+                seen = store.heartbeat("lmarena.ai", f"{prefix}-{i}", now=utcnow())
+                if seen is None:
+                    sys.exit(f"{prefix}-{i} not found")
+                acks.write(f"{prefix}-{i} {seen.last_seen_at}\n")
+                acks.flush()
+
+
 def fsize_limit(path: str, limit: str) -> None:
     # A real "disk full" for this process: writes past the limit fail with EFBIG instead of killing it.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -52,4 +66,4 @@ def fsize_limit(path: str, limit: str) -> None:
 
 
 if __name__ == "__main__":
-    {"register": register, "fsize-limit": fsize_limit}[sys.argv[1]](*sys.argv[2:])
+    {"register": register, "heartbeat": heartbeat, "fsize-limit": fsize_limit}[sys.argv[1]](*sys.argv[2:])
