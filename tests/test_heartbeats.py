@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -181,3 +182,31 @@ def test_sigkill_while_heartbeating_keeps_both_files_valid(tmp_path):
     stored = {s.session_name: s.last_seen_at for s in JsonSessionStore(str(path)).list()}
     # A kill can land between the commit and the acknowledgement, never the other way round.
     assert all(stored[name] >= stamp for name, stamp in _last_acks(tmp_path).items())
+
+
+def test_threads_registering_deleting_and_heartbeating_at_once_never_deadlock(tmp_path):
+    # delete holds the heartbeat table while it waits for the file lock; register holds the file lock and reads it
+    store = JsonSessionStore(str(tmp_path / "sessions.json"), lock_timeout=5)
+    errors: list[BaseException] = []
+
+    def run(job) -> None:
+        try:
+            for i in range(60):
+                job(i)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    jobs = [
+        lambda i: register(store, f"s{i % 5}", utcnow()),
+        lambda i: store.delete("lmarena.ai", f"s{i % 5}"),
+        lambda i: store.heartbeat("lmarena.ai", f"s{i % 5}", now=utcnow()),
+        lambda i: store.cleanup(older_than=utcnow() - timedelta(seconds=0.01)),
+    ]
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert time.monotonic() - started < 5  # a deadlock would run into the 5 s lock timeout

@@ -95,7 +95,7 @@ class JsonSessionStore(SessionStore):
                 return None
             stamp = isoformat(now)
             self.seen.put(conn, domain, name, stamp)
-            return Session.from_record(domain, name, _merged(record, self.seen.get(domain, name)))
+            return Session.from_record(domain, name, _merged(record, self.seen.get(domain, name, conn)))
 
     def delete(self, domain: str, name: str) -> bool:
         def change(current: Table):

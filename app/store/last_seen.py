@@ -25,16 +25,19 @@ class LastSeenTable:
 
     def __init__(self, path: str, busy_timeout: float = 10.0) -> None:
         self.path, self.busy_timeout = path, busy_timeout
-        # Reentrant: reads inside writing() use the same connection and see its transaction.
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        # Two connections per process: reads never wait behind a writer that holds the write lock while it waits
+        # for the sessions file's lock (another thread may hold that lock and be reading here).
+        self._conns: dict[str, sqlite3.Connection] = {}
+        self._locks = {"read": threading.Lock(), "write": threading.Lock()}
         self._pid = 0
         with self._guard():
-            self._connect()  # a bad path fails at start-up
+            self._connect("write")  # a bad path fails at start-up
 
-    def _connect(self) -> sqlite3.Connection:
-        # One connection per process: a connection must not cross the fork Passenger's spawner does.
-        if self._conn is None or self._pid != os.getpid():
+    def _connect(self, role: str) -> sqlite3.Connection:
+        # Connections must not cross the fork Passenger's spawner does: a child opens its own.
+        if self._pid != os.getpid():
+            self._conns, self._pid = {}, os.getpid()
+        if role not in self._conns:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # private before SQLite makes it 0644
             os.close(fd)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
@@ -44,8 +47,8 @@ class LastSeenTable:
                 "CREATE TABLE IF NOT EXISTS last_seen (domain TEXT NOT NULL, name TEXT NOT NULL, "
                 "last_seen_at TEXT NOT NULL, PRIMARY KEY (domain, name)) WITHOUT ROWID"
             )
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+            self._conns[role] = conn
+        return self._conns[role]
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -63,8 +66,8 @@ class LastSeenTable:
     @contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
         """Hold the table's write lock: heartbeats wait until the block ends, and its changes commit together."""
-        with self._lock, self._guard():
-            conn = self._connect()
+        with self._locks["write"], self._guard():
+            conn = self._connect("write")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -73,10 +76,11 @@ class LastSeenTable:
                 raise
             conn.execute("COMMIT")
 
-    def get(self, domain: str, name: str) -> str:
-        with self._lock, self._guard():
+    def get(self, domain: str, name: str, conn: sqlite3.Connection | None = None) -> str:
+        """Return the heartbeat stamp of one session, or ""; inside writing(), pass its connection."""
+        with self._locks["read"], self._guard():
             row = (
-                self._connect()
+                (conn or self._connect("read"))
                 .execute("SELECT last_seen_at FROM last_seen WHERE domain = ? AND name = ?", (domain, name))
                 .fetchone()
             )
@@ -86,8 +90,8 @@ class LastSeenTable:
         query, args = "SELECT domain, name, last_seen_at FROM last_seen", ()
         if domain is not None:
             query, args = query + " WHERE domain = ?", (domain,)
-        with self._lock, self._guard():
-            return {(d, n): seen for d, n, seen in self._connect().execute(query, args)}
+        with self._locks["read"], self._guard():
+            return {(d, n): seen for d, n, seen in self._connect("read").execute(query, args)}
 
     @staticmethod
     def put(conn: sqlite3.Connection, domain: str, name: str, stamp: str) -> None:
@@ -104,6 +108,7 @@ class LastSeenTable:
         conn.executemany("DELETE FROM last_seen WHERE domain = ? AND name = ?", keys)
 
     def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
+        if self._pid == os.getpid():
+            for conn in self._conns.values():
+                conn.close()
+        self._conns = {}
