@@ -195,5 +195,9 @@ def test_store_file_is_private_to_the_app_user(tmp_path):
     store.register(
         Session("lmarena.ai", "a", str(uuid.uuid4()), str(uuid.uuid4())), now=now, limit=10, active_since=now
     )
+    store.heartbeat("lmarena.ai", "a", now=utcnow())
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.stat(path.parent).st_mode & 0o777 == 0o700
+    heartbeats = list(path.parent.glob("sessions-heartbeats.sqlite3*"))
+    assert len(heartbeats) == 3  # the table, its WAL and its shared-memory index
+    assert all(os.stat(f).st_mode & 0o777 == 0o600 for f in heartbeats)
