@@ -151,8 +151,7 @@ def writers(kind: str, where: str, sessions: int, seconds: float, count: int, ta
     context = multiprocessing.get_context("fork")
     start, queue = context.Event(), context.Queue()
     procs = [
-        context.Process(target=target, args=(kind, where, sessions, seconds, w, start, queue))
-        for w in range(count)
+        context.Process(target=target, args=(kind, where, sessions, seconds, w, start, queue)) for w in range(count)
     ]
     for proc in procs:
         proc.start()
