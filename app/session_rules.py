@@ -150,7 +150,7 @@ def session_from_headers() -> Session | None:
         return None
     name = check_name(name, "X-Session-Name")
     domain = check_domain(domain, "X-Target-Domain") if domain else current_app.config["GATEWAY_SESSION_DOMAINS"][0]
-    session = get_store().get(domain, name)
+    session = get_store().find(domain, name)
     if session is None:
         raise NotFoundError(
             f"No session '{name}' on {domain}. Register it first (POST /session/register or the userscript).",

@@ -77,6 +77,10 @@ class SessionStore:
         """Return one session, or None."""
         raise NotImplementedError
 
+    def find(self, domain: str, name: str) -> Session | None:
+        """Return one session for routing a request, or None; its last_seen_at may lag the newest heartbeat."""
+        return self.get(domain, name)
+
     def list(self, domain: str | None = None) -> list[Session]:
         """Return the sessions of one domain, or of all, ordered by domain then name."""
         raise NotImplementedError

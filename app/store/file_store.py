@@ -52,6 +52,12 @@ class JsonSessionStore(SessionStore):
             return None
         return Session.from_record(domain, name, _merged(record, self.seen.get(domain, name)))
 
+    def find(self, domain: str, name: str) -> Session | None:
+        # perf: routing needs the bridge and ids, not the newest heartbeat; skipping the heartbeat table keeps a
+        # session request to the cached file read (bench/README.md, session lookups: 115k/s without, 91k/s with).
+        record = self.file.read().get(domain, {}).get(name)
+        return None if record is None else Session.from_record(domain, name, record)
+
     def list(self, domain: str | None = None) -> list[Session]:
         data = self.file.read()
         seen = self.seen.all(domain)
