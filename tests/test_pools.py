@@ -205,3 +205,47 @@ def test_key_routes_split_at_the_last_equals_sign(tmp_path):
         dotenv_path=tmp_path / "absent.env",
     )
     assert config["GATEWAY_KEY_ROUTES"] == {ROUTED_KEY: ("canary.lmarena.ai", "team")}
+
+
+def test_silent_member_is_left_after_the_first_byte_timeout_and_paused(make_app, admin, auth, tabs):
+    client = make_app(LMARENA_BRIDGE_TIMEOUT=0.5, LMARENA_BRIDGE_MAX_RETRIES=2).test_client()
+    one, two = tabs
+    enrol(client, admin, one.url, two.url)
+    one.headers_delay = 1.5
+    for stream in (False, True):
+        assert text_of(chat(client, {**auth, **POOL}, stream)) == "from tab two"
+    assert len(chats(one)) == 1  # never the same bridge again, retries or not
+    breaker = client.application.extensions["router"].breaker
+    assert breaker.cooldown_left(bridge_key(one.url)) is not None
+    last_error = breaker.snapshot(bridge_key(one.url))["last_error"]["code"]
+    assert last_error in ("upstream_timeout", "upstream_first_byte_timeout")
+
+
+def test_other_lmarena_error_moves_to_the_next_member_once(app, client, admin, auth, tabs):
+    one, two = tabs
+    with FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab three") as three:
+        register(client, admin, "a", A, one.url)
+        register(client, admin, "b", B, two.url)
+        register(client, admin, "c", A, three.url)
+        one.marker = two.marker = "disconnect"
+        response = chat(client, {**auth, **POOL})  # the first turn: a, then b, and no further
+        assert response.status_code == 502 and response.get_json()["error"]["code"] == "bridge_error"
+        assert (len(chats(one)), len(chats(two)), len(chats(three))) == (1, 1, 0)
+        one.marker = ""
+        assert text_of(chat(client, {**auth, **POOL})) == "from tab three"  # b fails, c answers
+        breaker = app.extensions["router"].breaker
+        for fake in (one, two):  # lmarena.ai's failure: neither paused nor counted against the bridge
+            assert breaker.cooldown_left(bridge_key(fake.url)) is None
+            assert breaker.snapshot(bridge_key(fake.url))["errors"] == 0
+
+
+def test_failure_after_content_is_an_error_chunk_and_pauses_nobody(app, client, admin, auth, tabs):
+    one, two = tabs
+    enrol(client, admin, one.url, two.url)
+    one.marker = two.marker = "midfail"
+    body = chat(client, {**auth, **POOL}, stream=True).get_data(as_text=True)
+    assert '"code": "bridge_error"' in body.replace('":"', '": "') and body.rstrip().endswith("data: [DONE]")
+    assert len(chats(one)) + len(chats(two)) == 1
+    breaker = app.extensions["router"].breaker
+    assert all(breaker.cooldown_left(bridge_key(f.url)) is None for f in tabs)
+    assert all(breaker.snapshot(bridge_key(f.url))["errors"] == 0 for f in tabs)

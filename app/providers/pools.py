@@ -39,6 +39,7 @@ OUTCOMES: dict[str, Outcome] = {
     "upstream_connect_timeout": UNREACHABLE,
     "upstream_stream_broken": UNREACHABLE,
     "upstream_first_byte_timeout": UNREACHABLE,
+    "upstream_timeout": UNREACHABLE,  # a JSON answer's head (or body) not in within the first-byte timeout
     "bridge_no_browser": SESSION_SIDE,
     "upstream_verification": SESSION_SIDE,
     "rate_limit_exceeded": SESSION_SIDE,
@@ -47,11 +48,15 @@ OUTCOMES: dict[str, Outcome] = {
 
 def outcome(error: GatewayError) -> Outcome | None:
     """Return what error means for a pool member, or None when it is the request's fault (the client gets it)."""
+    if error.from_lmarena:
+        # lmarena.ai's words through the bridge: its rate limit and Cloudflare are the session's; the rest is
+        # worth one more member (a time-out included: the bridge answered), and an attachment too large nowhere.
+        if error.code in ("rate_limit_exceeded", "upstream_verification"):
+            return SESSION_SIDE
+        return LMARENA_FAILED if error.provider_fault else None
     known = OUTCOMES.get(error.code or "")
     if known is not None:
         return known
-    if error.from_lmarena:
-        return LMARENA_FAILED if error.provider_fault else None  # an attachment too large fails everywhere
     return BRIDGE_FAILED if error.provider_fault else None
 
 
