@@ -82,6 +82,7 @@ def register_services(app: Flask) -> None:
                 "X-API-Key",
                 "X-Provider",
                 "X-Session-Name",
+                "X-Session-Pool",
                 "X-Target-Domain",
                 "X-Request-Id",
             ],

@@ -217,6 +217,35 @@ def _domains(value: Any) -> tuple[str, ...]:
     return domains
 
 
+_POOL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _pool_target(value: Any) -> tuple[str, str] | None:
+    text = _text(value)
+    if not text:
+        return None
+    domain, slash, pool = text.partition("/")
+    if not slash or not _DOMAIN.fullmatch(domain.lower()) or not _POOL.fullmatch(pool) or not pool.strip("."):
+        raise ValueError("must be domain/pool, like lmarena.ai/team (a pool name is 1-64 letters, digits, . _ -)")
+    return domain.lower(), pool
+
+
+def _key_routes(value: Any) -> dict[str, tuple[str, str]]:
+    routes = {}
+    for number, pair in enumerate(_csv(value), 1):
+        # The key is what stands before the last '=': keys may hold '=' (base64 padding), pool targets never do.
+        key, equals, target = pair.rpartition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"pair {number} must be key=domain/pool")
+        try:
+            routes[key.strip()] = _pool_target(target)
+        except ValueError as exc:
+            raise ValueError(f"pair {number}: the target {exc}") from None
+        if routes[key.strip()] is None:
+            raise ValueError(f"pair {number} must be key=domain/pool")
+    return routes
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -272,6 +301,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GATEWAY_SESSION_DOMAINS", ("lmarena.ai", "canary.lmarena.ai", "alpha.lmarena.ai", "beta.lmarena.ai"), _domains
     ),
+    Setting("GATEWAY_KEY_ROUTES", {}, _key_routes, secret=True),
+    Setting("GATEWAY_DEFAULT_POOL", None, _pool_target),
+    Setting("GATEWAY_POOL_COOLDOWN_SECONDS", 60.0, _number),
     Setting("GATEWAY_CONCURRENT_SESSIONS_LIMIT", 10, _integer),
     Setting("GATEWAY_SESSION_ACTIVE_SECONDS", 300.0, _number),
     Setting("GATEWAY_SESSION_CLEANUP_DAYS", 30.0, _number),
@@ -341,10 +373,27 @@ def load_settings(
             settings[setting.name] = setting.parse(raw) if raw is not setting.default else setting.default
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{setting.name}={_shown(setting, raw)} {exc}") from None
+    _check_pool_targets(settings)
     # test_config may carry keys that are not settings (TESTING, service overrides): keep them.
     for key, value in (test_config or {}).items():
         settings.setdefault(key, value)
     return settings
+
+
+def _check_pool_targets(settings: dict[str, Any]) -> None:
+    """Refuse pool targets the other settings make meaningless: unknown client keys, domains not served."""
+    routes, keys = settings["GATEWAY_KEY_ROUTES"], settings["GATEWAY_API_KEYS"]
+    if routes and not keys:
+        raise ConfigError("GATEWAY_KEY_ROUTES needs client keys: set GATEWAY_API_KEYS (without keys, no key is known)")
+    unknown = sum(key not in keys for key in routes)
+    if unknown:
+        raise ConfigError(f"GATEWAY_KEY_ROUTES names {unknown} key(s) that are not in GATEWAY_API_KEYS")
+    targets = [("GATEWAY_KEY_ROUTES", t) for t in routes.values()] + [
+        ("GATEWAY_DEFAULT_POOL", settings["GATEWAY_DEFAULT_POOL"])
+    ]
+    for name, target in targets:
+        if target is not None and target[0] not in settings["GATEWAY_SESSION_DOMAINS"]:
+            raise ConfigError(f"{name} names the domain {target[0]!r}, which is not in GATEWAY_SESSION_DOMAINS")
 
 
 def _log_retired(layers: list[tuple[str, Mapping[str, Any]]]) -> None:

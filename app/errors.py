@@ -20,6 +20,8 @@ class GatewayError(Exception):
     status_code = 500
     type = "server_error"
     code: str | None = "internal_error"
+    # True when lmarena.ai's failure came through the bridge ([LMArena Bridge Error]), not the bridge's own.
+    from_lmarena = False
 
     def __init__(
         self,

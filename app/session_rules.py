@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app, request
 
 from . import request_record
+from .auth import provided_key
 from .config import split_url
 from .errors import InvalidRequestError, NotFoundError
 from .store import Session, get_store
@@ -38,6 +39,11 @@ def check_name(value: Any, param: str = "session_name") -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value) or not value.strip("."):
         raise _bad(param, "must be 1-64 characters of letters, digits, '.', '_' or '-'", value, "invalid_session_name")
     return value
+
+
+def check_pool(value: Any) -> str | None:
+    """Return a pool name (the same characters as a session name), or None when absent."""
+    return None if value in (None, "") else check_name(value, "pool")
 
 
 def check_domain(value: Any, param: str = "domain") -> str:
@@ -127,6 +133,7 @@ def parse_registration(body: dict[str, Any]) -> Session:
         bridge_base_url=check_base_url(body.get("bridge_base_url")),
         bridge_api_key=check_bridge_key(body.get("bridge_api_key")),
         models=check_models(body.get("models")),
+        pool=check_pool(body.get("pool")),
     )
 
 
@@ -145,8 +152,8 @@ def session_from_headers() -> Session | None:
     name = request.headers.get("X-Session-Name")
     domain = request.headers.get("X-Target-Domain")
     if name is None:
-        if domain is not None:
-            raise InvalidRequestError("X-Target-Domain needs X-Session-Name.", param="X-Session-Name")
+        if domain is not None and request.headers.get("X-Session-Pool") is None:
+            raise InvalidRequestError("X-Target-Domain needs X-Session-Name or X-Session-Pool.", param="X-Session-Name")
         return None
     name = check_name(name, "X-Session-Name")
     domain = check_domain(domain, "X-Target-Domain") if domain else current_app.config["GATEWAY_SESSION_DOMAINS"][0]
@@ -160,6 +167,34 @@ def session_from_headers() -> Session | None:
     record = request_record.current()
     record.domain, record.session_name = domain, name
     return session
+
+
+def pool_target() -> tuple[str, str] | None:
+    """Return the (domain, pool) serving a request that names no session, or None for the default routing.
+
+    First match: X-Session-Pool (+ X-Target-Domain), the client key's GATEWAY_KEY_ROUTES, GATEWAY_DEFAULT_POOL.
+    Pools are LMArena sessions: X-Provider yupp2api bypasses them.
+    """
+    if (request.headers.get("X-Provider") or "").strip().lower() == "yupp2api":
+        return None
+    config = current_app.config
+    pool = request.headers.get("X-Session-Pool")
+    if pool is not None:
+        domain = request.headers.get("X-Target-Domain")
+        domain = check_domain(domain, "X-Target-Domain") if domain else config["GATEWAY_SESSION_DOMAINS"][0]
+        target = domain, check_name(pool, "X-Session-Pool")
+    else:
+        routes = config["GATEWAY_KEY_ROUTES"]
+        target = (routes and routes.get(provided_key())) or config["GATEWAY_DEFAULT_POOL"]
+    if target is not None:
+        request_record.current().domain = target[0]
+    return target
+
+
+def pool_members(domain: str, pool: str) -> list[Session]:
+    """Return the active sessions of a pool (one store read, as X-Session-Name's)."""
+    since = active_since()
+    return [s for s in get_store().list(domain) if s.pool == pool and s.seen_since(since)]
 
 
 def resolve_model(session: Session | None, model: str) -> tuple[str, dict[str, str]]:

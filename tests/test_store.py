@@ -146,6 +146,18 @@ def test_reregistration_can_keep_admin_set_fields(store):
     assert (stored.bridge_base_url, stored.models) == (got.bridge_base_url, got.models)
 
 
+def test_pool_is_stored_kept_on_reregistration_and_absent_from_old_records(store):
+    reg(store, make(pool="team"))
+    assert store.get("lmarena.ai", "s1").pool == "team"
+    now = utcnow()
+    store.register(make(), now=now, limit=10, active_since=now - timedelta(minutes=5), keep=KEEPABLE)
+    assert store.get("lmarena.ai", "s1").pool == "team"
+    reg(store, make(pool=None))
+    assert store.get("lmarena.ai", "s1").pool is None
+    old = {"session_id": "a", "message_id": "b", "models": {}, "created_at": "", "updated_at": "", "last_seen_at": ""}
+    assert Session.from_record("lmarena.ai", "old", old).pool is None
+
+
 def test_redis_users_open_clients_through_one_factory(redis_server):
     clients = [
         RedisSessionStore(redis_server.url, timeout=30).client,

@@ -10,7 +10,7 @@ from .. import analytics, request_record, sse
 from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..relay import Opening, relay
-from ..session_rules import resolve_model, session_from_headers
+from ..session_rules import pool_members, pool_target, resolve_model, session_from_headers
 from ..usage import fill_usage
 from ..validation import parse_chat_request, read_json_body
 
@@ -22,6 +22,7 @@ def create_chat_completion():
     """Create a chat completion; stream it as server-sent events when the client asks."""
     chat = parse_chat_request(read_json_body(), current_app.config["GATEWAY_MAX_MESSAGES"])
     session = session_from_headers()
+    target = None if session else pool_target()
     upstream_model, extra = resolve_model(session, chat.model)
     chat.extra.update(extra)
     if upstream_model != chat.model:
@@ -30,14 +31,20 @@ def create_chat_completion():
     record.model = chat.model  # the client's name, alias or not: answers and analytics speak of what was asked for
     router = get_router()
     # Routed by the name the upstream will be asked for: providers list that one, not the client's alias.
-    plan = router.plan(
-        upstream_model,
-        request.headers.get("X-Provider"),
-        session and session.bridge_base_url,
-        session is not None,
-        session_key=session and session.bridge_api_key,
-    )
-    dispatcher = router.dispatcher(plan)
+    selector = request.headers.get("X-Provider")
+    pool = None
+    if target is not None:
+        # Each member's ids go in the body as it is tried; the pool's members share GATEWAY_MODEL_ALIASES.
+        plan, pool = router.plan_pool(upstream_model, selector, *target, pool_members(*target))
+    else:
+        plan = router.plan(
+            upstream_model,
+            selector,
+            session and session.bridge_base_url,
+            session is not None,
+            session_key=session and session.bridge_api_key,
+        )
+    dispatcher = router.dispatcher(plan, pool)
     if chat.stream:
         return _stream(Opening(dispatcher, chat, current_app.config["GATEWAY_SSE_KEEPALIVE_SECONDS"]), record)
     try:

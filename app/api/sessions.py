@@ -29,8 +29,9 @@ def register():
     body = read_json_body(MAX_BODY)
     session = parse_registration(body)
     if require_session(session.domain, session.session_name) and KEEPABLE & body.keys():
-        # A userscript's token may report ids, not point the gateway at another bridge or change its key.
-        raise PermissionDenied("Only the admin key may set bridge_base_url, bridge_api_key or models.")
+        # A userscript's token may report ids, not point the gateway at another bridge, change its key or enrol the
+        # session in a pool (other clients' traffic would reach it).
+        raise PermissionDenied("Only the admin key may set bridge_base_url, bridge_api_key, models or pool.")
     stored, created = get_store().register(
         session,
         now=utcnow(),

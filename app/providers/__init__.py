@@ -58,6 +58,7 @@ def init_app(app: Flask) -> None:
         routes=config["GATEWAY_MODEL_ROUTES"],
         health_cache_seconds=config["GATEWAY_HEALTH_CACHE_SECONDS"],
         bridges=BridgePool(bridge, make_bridge),
+        pool_cooldown=config["GATEWAY_POOL_COOLDOWN_SECONDS"],
     )
 
 

@@ -159,6 +159,16 @@ class Breaker:
             return None
         return max(0.0, record.get("retry_at", 0) - time.time())
 
+    def cool_down(self, name: str, seconds: float) -> None:
+        """Pause a pool member (its bridge) for seconds, in the circuit's record; the circuit itself is unchanged."""
+        until = time.time() + seconds
+        self._update(name, lambda current: {**current, "cooldown_until": max(until, current.get("cooldown_until", 0))})
+
+    def cooldown_left(self, name: str) -> float | None:
+        """Return seconds until a pool member in cooldown returns, or None (one cached read, as allow())."""
+        left = self._get(name).get("cooldown_until", 0) - time.time()
+        return left if left > 0 else None
+
     def _get(self, name: str) -> dict[str, Any]:
         try:
             return self.state.get(name)

@@ -12,6 +12,7 @@ from typing import TypeVar
 from ..errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .base import ChatRequest, ChatStream, Chunk, Provider
 from .breaker import Breaker
+from .pools import PoolRequest, outcome
 from .transport import StreamTimer
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class Dispatcher:
     budget: float
     last_provider: str | None = None
     attempt_count: int = 0
+    # A pool request: its members are the plan, and a failure moves on or pauses a member as its outcome says.
+    pool: PoolRequest | None = None
     deadline: float = field(init=False)
     # Circuits this request has reported to: a request counts once per circuit, however many attempts it made.
     _counted: set[str] = field(init=False, default_factory=set)
@@ -97,6 +100,7 @@ class Dispatcher:
         """Return (provider, completion) from the first provider that answers."""
 
         def attempt(provider: Provider, timeout: float) -> Waiting[dict]:
+            self._member_ids(provider, chat)
             return provider.chat(chat, timeout)
             yield  # a generator that never waits: a JSON answer sends no keep-alives
 
@@ -116,6 +120,7 @@ class Dispatcher:
         """
 
         def attempt(provider: Provider, timeout: float) -> Waiting[OpenedStream]:
+            self._member_ids(provider, chat)
             timer = StreamTimer(first_byte=timeout, idle=provider.settings.idle_timeout)
             stream = provider.stream(chat, timer)
             held: list[Chunk] = []
@@ -141,7 +146,7 @@ class Dispatcher:
 
     def failed_after_start(self, provider: Provider, error: GatewayError) -> None:
         """Count a failure that came after the stream started (it cannot be retried, but it is the provider's)."""
-        if error.provider_fault:
+        if error.provider_fault and self.pool is None:  # a pool's outcome table: after content, nothing counts
             self._failure(provider, error)
 
     def _failure(self, provider: Provider, error: GatewayError) -> None:
@@ -150,6 +155,10 @@ class Dispatcher:
         if key not in self._failed:
             self._failed.add(key)
             self.breaker.failure(key, error, new_request=self._count(key))
+
+    def _member_ids(self, provider: Provider, chat: ChatRequest) -> None:
+        if self.pool is not None:
+            chat.extra.update(self.pool.ids_for(provider))
 
     def _count(self, key: str) -> bool:
         """Return whether this is the request's first report for the circuit key (and note it)."""
@@ -161,7 +170,7 @@ class Dispatcher:
         last: GatewayError | None = None
         skipped = []
         for provider in self.plan:
-            if not self.breaker.allow(provider.breaker_key):
+            if not self.breaker.allow(provider.breaker_key) or (self.pool and self.pool.cooling(provider)):
                 skipped.append(provider)
                 continue
             for number in range(provider.max_retries + 1):
@@ -174,6 +183,10 @@ class Dispatcher:
                     result = yield from attempt(provider, timeout)
                 except GatewayError as error:
                     last = error
+                    if self.pool is not None:
+                        if not self._pool_failure(provider, error):
+                            raise
+                        break  # a pool moves to its next member, never back to the same bridge
                     if error.provider_fault:
                         self._failure(provider, error)
                     log.info("%s attempt %d failed: %s", provider.breaker_key, number + 1, error.code)
@@ -189,9 +202,19 @@ class Dispatcher:
                 return provider, result
             if last is not None and not last.fallback:
                 raise last
+        if self.pool is not None and (paused := self.pool.exhausted(last)) is not None:
+            raise paused
         if last is None:
             raise self._all_open(skipped)
         raise last
+
+    def _pool_failure(self, provider: Provider, error: GatewayError) -> bool:
+        """Apply a pool member's failure as the outcome table says; return whether the next member may be tried."""
+        verdict = outcome(error)
+        log.info("pool member %s failed: %s", provider.breaker_key, error.code)
+        if verdict is not None and verdict.counts:
+            self._failure(provider, error)
+        return self.pool is not None and self.pool.failed(provider, verdict, error)
 
     def _out_of_time(self, last: GatewayError | None) -> GatewayError:
         detail = f" Last failure: {last.message}" if last else ""

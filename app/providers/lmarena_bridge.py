@@ -38,7 +38,12 @@ _TIMED_OUT = re.compile(r"Response timed out after")
 
 def bridge_error(text: str) -> GatewayError:
     """Translate the text after `[LMArena Bridge Error]:` into the error a client should see."""
-    text = text.strip()
+    error = _bridge_error(text.strip())
+    error.from_lmarena = True
+    return error
+
+
+def _bridge_error(text: str) -> GatewayError:
     said = f" (bridge said: {text})"
     status = _LMARENA_STATUS.search(text)
     if status and status.group(1) == "429":

@@ -14,6 +14,7 @@ from .breaker import CLOSED, Breaker
 from .bridge_pool import BridgePool
 from .dispatch import Dispatcher, RetryPolicy
 from .lmarena_bridge import LMArenaBridge, bridge_url
+from .pools import PoolRequest, Pools
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Router:
         routes: dict[str, tuple[str, ...]] | None = None,
         health_cache_seconds: float = 5.0,
         bridges: BridgePool | None = None,
+        pool_cooldown: float = 60.0,
     ) -> None:
         self.all_providers = providers
         self.providers = [p for p in providers if p.name in enabled]
@@ -44,6 +46,7 @@ class Router:
         self._health_lock = threading.Lock()
         self._bridge_counts: tuple[float, dict[str, int]] = (0.0, {})
         self.bridges = bridges
+        self.pools = Pools(breaker, pool_cooldown)
 
     def _enabled(self, name: str) -> Provider | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -121,9 +124,17 @@ class Router:
         # Providers whose circuit is open go last: they are tried only when their probe is due.
         return sorted(candidates, key=lambda p: self.breaker.retry_in(p.breaker_key) is not None)
 
-    def dispatcher(self, plan: list[Provider]) -> Dispatcher:
-        """Return a Dispatcher for one request over plan."""
-        return Dispatcher(plan, self.breaker, self.policy, self.budget)
+    def plan_pool(
+        self, model: str, selector: str | None, domain: str, name: str, sessions: list
+    ) -> tuple[list[Provider], PoolRequest]:
+        """Return the member bridges a pool request tries, in this turn's order, and the request's walk."""
+        self.plan(model, selector, session=True)  # the same X-Provider checks as a session's
+        walk = self.pools.request(domain, name, sessions, self.bridge_for)
+        return list(walk.members), walk
+
+    def dispatcher(self, plan: list[Provider], pool: PoolRequest | None = None) -> Dispatcher:
+        """Return a Dispatcher for one request over plan (a pool's members, when pool is given)."""
+        return Dispatcher(plan, self.breaker, self.policy, self.budget, pool=pool)
 
     def models(self) -> list[dict[str, Any]]:
         """Return every enabled provider's models, the first provider winning a duplicate id."""

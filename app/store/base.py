@@ -10,7 +10,7 @@ from ..errors import SessionLimitReached
 
 SCHEMA_VERSION = 1
 # Fields a re-registration may leave as they are (a userscript sends only the ids it captured).
-KEEPABLE = frozenset({"bridge_base_url", "bridge_api_key", "models"})
+KEEPABLE = frozenset({"bridge_base_url", "bridge_api_key", "models", "pool"})
 
 
 def utcnow() -> datetime:
@@ -45,6 +45,8 @@ class Session:
     # The key its bridge wants; stored, never shown (repr, to_dict), so no log line or answer can carry it.
     bridge_api_key: str | None = field(default=None, repr=False)
     models: dict[str, str] = field(default_factory=dict)
+    # The pool it serves in (X-Session-Pool, GATEWAY_KEY_ROUTES), or None; sessions stored before pools load as None.
+    pool: str | None = None
     created_at: str = ""
     updated_at: str = ""
     last_seen_at: str = ""
@@ -90,7 +92,7 @@ class SessionStore:
     ) -> tuple[Session, bool]:
         """Create or update a session and mark it seen; return it and whether it is new.
 
-        Fields named in keep (bridge_base_url, bridge_api_key, models) keep their stored value when the session
+        Fields named in keep (bridge_base_url, bridge_api_key, models, pool) keep their stored value when the session
         exists; a kept bridge_api_key only while bridge_base_url stays the same (see keep_stored).
 
         :raise SessionLimitReached: when it is not active yet and its domain already has `limit` active sessions.

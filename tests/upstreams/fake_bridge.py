@@ -73,8 +73,10 @@ class FakeBridge(FakeUpstream):
     """LMArenaBridge look-alike: /v1/models, /v1/chat/completions, state flags and fault markers.
 
     Settable at any time: no_browser, waiting_for_refresh, headers_delay, first_chunk_delay, models_status,
-    models, reply, chunk_delay, response_delay, hang_seconds. Markers in the last user message: [[fake:error]],
-    midfail, hang, disconnect, cloudflare, image, toolarge (as captured) and drop, garbage, slow, status:NNN.
+    models, reply, chunk_delay, response_delay, hang_seconds, and marker (a marker for every chat whose message has
+    none: one tab rate-limited or facing Cloudflare, while another runs). Markers in the last user message:
+    [[fake:error]], midfail, hang, disconnect, cloudflare, image, toolarge (as captured) and drop, garbage, slow,
+    status:NNN.
     """
 
     server_header = "uvicorn"
@@ -102,6 +104,7 @@ class FakeBridge(FakeUpstream):
         self.headers_delay = 0.0
         self.first_chunk_delay = 0.0
         self.models_status: int | None = None
+        self.marker = ""
         # Where generated images "live": a format string taking the image number (tests point it at loopback).
         self.image_url = IMAGE_URL
         self._images = 0
@@ -157,7 +160,7 @@ class FakeBridge(FakeUpstream):
         model = payload.get("model")
         name = model or "default_model"
         found = MARKER.search(last_user_text(payload.get("messages")))
-        marker = found.group(1) if found else ""
+        marker = found.group(1) if found else self.marker
         stream = bool(payload.get("stream", False))  # omitted means non-stream on this upstream
         if marker.startswith("status:"):
             code = int(marker[len("status:") :])
