@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -191,10 +192,23 @@ def pool_target() -> tuple[str, str] | None:
     return target
 
 
+# How long one process reuses a pool's member list: a new member joins, or a silent one leaves, this much later.
+MEMBERS_SECONDS = 1.0
+
+
 def pool_members(domain: str, pool: str) -> list[Session]:
-    """Return the active sessions of a pool (one store read, as X-Session-Name's)."""
+    """Return the active sessions of a pool, as listed at most MEMBERS_SECONDS ago in this process."""
+    # perf: a listing reads every session of the domain and their heartbeats (10,000 of them in the store bench);
+    # once a second per pool keeps that off the request path. Cooldowns are not cached here: the breaker reads them.
+    cache = current_app.extensions.setdefault("pool_members", {})
+    now = time.monotonic()
+    cached = cache.get((domain, pool))
+    if cached is not None and now < cached[0]:
+        return cached[1]
     since = active_since()
-    return [s for s in get_store().list(domain) if s.pool == pool and s.seen_since(since)]
+    members = [s for s in get_store().list(domain) if s.pool == pool and s.seen_since(since)]
+    cache[(domain, pool)] = (now + MEMBERS_SECONDS, members)
+    return members
 
 
 def resolve_model(session: Session | None, model: str) -> tuple[str, dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -70,6 +71,18 @@ def test_pool_spreads_requests_over_its_members(app, client, admin, auth, tabs, 
     assert {r.json["session_id"] for r in chats(one)} == {A[0]} and {r.json["session_id"] for r in chats(two)} == {B[0]}
     assert chats(bridge) == []
 
+
+
+def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(client, admin, auth, tabs):
+    from app.session_rules import MEMBERS_SECONDS
+
+    one, two = tabs
+    register(client, admin, "tab-one", A, one.url)
+    assert text_of(chat(client, {**auth, **POOL})) == "from tab one"  # the member list is now cached
+    register(client, admin, "tab-two", B, two.url)
+    time.sleep(MEMBERS_SECONDS + 0.1)
+    answers = {text_of(chat(client, {**auth, **POOL})) for _ in range(4)}
+    assert answers == {"from tab one", "from tab two"}
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
