@@ -106,7 +106,9 @@ def test_client_errors_do_not_trip_the_breaker(serve, settings, openai_for, yupp
 
 
 def test_circuit_state_is_shared_by_processes(make_app, settings, tmp_path):
-    app = make_app(**settings)
+    # A cool-down far longer than a Python process takes to start, even on a busy machine: the other process must
+    # find the circuit open, not already due for its probe.
+    app = make_app(**{**settings, "GATEWAY_BREAKER_COOLDOWN_SECONDS": 60})
     error = UpstreamError("down")
     with app.app_context():
         breaker = app.extensions["router"].breaker
