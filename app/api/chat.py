@@ -25,8 +25,7 @@ def create_chat_completion():
     target = None if session else pool_target()
     upstream_model, extra = resolve_model(session, chat.model)
     chat.extra.update(extra)
-    if upstream_model != chat.model:
-        chat.upstream_model = upstream_model
+    chat.upstream_model = upstream_model
     record = request_record.current()
     record.model = chat.model  # the client's name, alias or not: answers and analytics speak of what was asked for
     router = get_router()

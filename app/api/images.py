@@ -40,7 +40,7 @@ def create_image():
         body={"model": model, "messages": [{"role": "user", "content": image.prompt}]},
         model=model,
         extra=extra,
-        upstream_model=upstream_model if upstream_model != model else "",
+        upstream_model=upstream_model,
     )
     urls: list[str] = []
     # One bridge call yields one image; n calls at most, stopping early if a call yields several.
