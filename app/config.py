@@ -313,6 +313,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_ANALYTICS_RETENTION_DAYS", 30.0, _number),
     Setting("GATEWAY_METRICS_TOKEN", "", _text, secret=True),
     Setting("GATEWAY_USERSCRIPT_SECRET", "", _text, secret=True),
+    Setting("GATEWAY_USERSCRIPT_TOKEN_DAYS", 180, _whole(1, 3650)),
     Setting("GATEWAY_DASHBOARD_SECRET", "", _text, secret=True),
     Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
