@@ -43,6 +43,10 @@ def create_chat_completion():
             session is not None,
             session_key=session and session.bridge_api_key,
         )
+    # After planning, which consulted the model lists it needed: knowing costs no upstream call.
+    record.model_known = (
+        True if upstream_model != chat.model or (session and session.models) else router.knows(upstream_model)
+    )
     dispatcher = router.dispatcher(plan, pool)
     if chat.stream:
         return _stream(Opening(dispatcher, chat, current_app.config["GATEWAY_SSE_KEEPALIVE_SECONDS"]), record)

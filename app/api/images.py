@@ -36,6 +36,9 @@ def create_image():
     _check_image_model(bridge, upstream_model)
     record = request_record.current()
     record.provider, record.model = bridge.name, model
+    record.model_known = (
+        True if upstream_model != model or (session and session.models) else get_router().knows(upstream_model)
+    )
     chat = ChatRequest(
         body={"model": model, "messages": [{"role": "user", "content": image.prompt}]},
         model=model,

@@ -124,6 +124,22 @@ class Router:
         # Providers whose circuit is open go last: they are tried only when their probe is due.
         return sorted(candidates, key=lambda p: self.breaker.retry_in(p.breaker_key) is not None)
 
+    def knows(self, model: str) -> bool | None:
+        """Return whether a route or a provider's model list names model; None when some list cannot say.
+
+        Only lists already fetched count: this never asks an upstream.
+        """
+        if model in self.routes:
+            return True
+        undecided = False
+        for provider in self.providers:
+            ids = provider.cached_models()
+            if ids is None:
+                undecided = True
+            elif model in ids:
+                return True
+        return None if undecided else False
+
     def plan_pool(
         self, model: str, selector: str | None, domain: str, name: str, sessions: list
     ) -> tuple[list[Provider], PoolRequest]:
