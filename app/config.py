@@ -317,6 +317,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_DASHBOARD_SECRET", "", _text, secret=True),
     Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
+    Setting("GATEWAY_ALLOWED_HOSTS", (), _csv),
     Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_RATE_LIMIT_BURST", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_EVENT_RATE_PER_MINUTE", 60, _whole(0, 1_000_000)),
