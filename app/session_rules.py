@@ -26,6 +26,8 @@ MAX_URL = 2048
 LMARENA_ID = re.compile(r"(?:[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}|null)(?::[A-Za-z]+)?")
 # Sent in an HTTP header: printable ASCII, no spaces.
 BRIDGE_KEY = re.compile(r"[!-~]{1,512}")
+# Where a userscript took the ids from: a user's Retry click, or a job the bridge's own tab ran.
+IDS_SOURCES = ("retry", "bridge_job")
 
 
 def _bad(param: str, message: str, value: Any = None, code: str = "invalid_request") -> InvalidRequestError:
@@ -96,6 +98,8 @@ def check_base_url(value: Any) -> str | None:
 def is_lmarena_id(value: str) -> bool:
     """Return whether a models map value is an LMArena model id (models.json's format) rather than a model name."""
     return LMARENA_ID.fullmatch(value) is not None
+
+
 def check_bridge_key(value: Any) -> str | None:
     """Return the api_key the session's bridge wants, or None (null or "": none, LMARENA_BRIDGE_API_KEY applies)."""
     if value in (None, ""):
@@ -124,6 +128,15 @@ def check_models(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def check_ids_source(value: Any) -> str | None:
+    """Return where the ids came from ("retry" or "bridge_job"), or None when absent or null."""
+    if value is None:
+        return None
+    if value not in IDS_SOURCES:
+        raise _bad("ids_source", f"must be one of {', '.join(IDS_SOURCES)} or null", value)
+    return value
+
+
 def parse_registration(body: dict[str, Any]) -> Session:
     """Return the Session a registration body describes, or raise InvalidRequestError."""
     return Session(
@@ -135,6 +148,7 @@ def parse_registration(body: dict[str, Any]) -> Session:
         bridge_api_key=check_bridge_key(body.get("bridge_api_key")),
         models=check_models(body.get("models")),
         pool=check_pool(body.get("pool")),
+        ids_source=check_ids_source(body.get("ids_source")),
     )
 
 

@@ -80,7 +80,8 @@ def test_the_page_counts_the_real_requests(traffic):
     assert int(cells[5]) >= 0 and cells[7] != "—"  # p50 latency, and the stream's time to first byte
     session = row(page, "sessions", "lmarena.ai")
     assert session[1:3] == ["team-a", "active"]
-    assert session[6:8] == ["1", "0"]  # the one request sent with X-Session-Name, and no errors
+    assert session[4] == "—"  # registered with the admin key, without saying where the ids came from
+    assert session[7:9] == ["1", "0"]  # the one request sent with X-Session-Name, and no errors
     assert re.search(r'id="session-counts">1 / 1<', html)
 
 
@@ -158,12 +159,19 @@ def test_with_analytics_off_it_still_shows_providers_and_sessions(make_app, admi
     client.post(
         "/session/register",
         headers=admin,
-        json={"domain": "canary.lmarena.ai", "session_name": "night", "session_id": SID, "message_id": MID},
+        json={
+            "domain": "canary.lmarena.ai",
+            "session_name": "night",
+            "session_id": SID,
+            "message_id": MID,
+            "ids_source": "bridge_job",
+        },
     )
     page = client.get("/dashboard", headers=admin)
     assert page.status_code == 200
     assert "Analytics are off" in text(page) and "Requests over time" not in text(page)
     assert row(page, "sessions", "canary.lmarena.ai")[1] == "night"
+    assert row(page, "sessions", "canary.lmarena.ai")[4] == "bridge_job"
     assert row(page, "providers", "lmarena_bridge")[3] == "closed"
 
 
