@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 
-import requests
 from flask import Blueprint, current_app
 
 from .. import request_record
 from ..errors import InvalidRequestError, UpstreamError
+from ..image_fetch import ImageFetch
 from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..providers.lmarena_bridge import LMArenaBridge
@@ -20,8 +19,6 @@ from ..validation import parse_image_request, read_json_body
 bp = Blueprint("images", __name__)
 
 IMAGE_MARKDOWN = re.compile(r"!\[[^\]]*\]\((\S+?)\)")
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-DOWNLOAD_TIMEOUT = (5.0, 30.0)
 
 
 @bp.post("/images/generations")
@@ -53,7 +50,9 @@ def create_image():
         urls.extend(_generate(bridge, chat))
     urls = urls[: image.n]
     if image.response_format == "b64_json":
-        data = [{"b64_json": _download_b64(url)} for url in urls]
+        # The URLs are the model's answer, which the prompt can dictate: ImageFetch fetches only public images.
+        fetch = ImageFetch(current_app.config)
+        data = [{"b64_json": fetch.b64(url)} for url in urls]
     else:
         data = [{"url": url} for url in urls]
     return {"created": int(time.time()), "data": data}
@@ -90,23 +89,3 @@ def _generate(bridge: LMArenaBridge, chat: ChatRequest) -> list[str]:
         shown = (text or "")[:200]
         raise UpstreamError(f"The model '{chat.model}' answered without an image: {shown!r}", code="no_image_returned")
     return urls
-
-
-def _download_b64(url: str) -> str:
-    if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if ";base64" in header:
-            return payload
-        raise UpstreamError("The generated image is a data: URL that is not base64.", code="image_download_failed")
-    try:
-        with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as response:
-            response.raise_for_status()
-            content = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
-    except (requests.RequestException, OSError):
-        raise UpstreamError(
-            "The image was generated but could not be downloaded for b64_json; ask for response_format 'url'.",
-            code="image_download_failed",
-        ) from None
-    if len(content) > MAX_IMAGE_BYTES:
-        raise UpstreamError("The generated image is larger than 20 MB.", code="image_download_failed")
-    return base64.b64encode(content).decode("ascii")
