@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import openai
 import pytest
 
 from app import registration_tokens
@@ -30,10 +31,12 @@ def tabs():
         yield one, two
 
 
-def register(client, admin, name, ids, bridge_url, pool="team", domain="lmarena.ai"):
+def register(client, admin, name, ids, bridge_url, pool="team", domain="lmarena.ai", models=None):
     body = {"domain": domain, "session_name": name, "session_id": ids[0], "message_id": ids[1], "pool": pool}
     if bridge_url:
         body["bridge_base_url"] = bridge_url
+    if models:
+        body["models"] = models
     response = client.post("/session/register", json=body, headers=admin)
     assert response.status_code in (200, 201), response.get_json()
     return response.get_json()["session"]
@@ -72,9 +75,8 @@ def test_pool_spreads_requests_over_its_members(app, client, admin, auth, tabs, 
     assert chats(bridge) == []
 
 
-
 def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(client, admin, auth, tabs):
-    from app.session_rules import MEMBERS_SECONDS
+    from app.pool_rules import MEMBERS_SECONDS
 
     one, two = tabs
     register(client, admin, "tab-one", A, one.url)
@@ -83,6 +85,7 @@ def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(
     time.sleep(MEMBERS_SECONDS + 0.1)
     answers = {text_of(chat(client, {**auth, **POOL})) for _ in range(4)}
     assert answers == {"from tab one", "from tab two"}
+
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
@@ -262,3 +265,49 @@ def test_failure_after_content_is_an_error_chunk_and_pauses_nobody(app, client, 
     breaker = app.extensions["router"].breaker
     assert all(breaker.cooldown_left(bridge_key(f.url)) is None for f in tabs)
     assert all(breaker.snapshot(bridge_key(f.url))["errors"] == 0 for f in tabs)
+
+
+def image(gateway, **headers):
+    return gateway.images.generate(model="nano-banana", prompt="a cat", extra_headers={**POOL, **headers})
+
+
+@pytest.mark.parametrize("fault", [{"no_browser": True}, {"marker": "error"}], ids=["no-browser", "lmarena-429"])
+def test_images_in_a_pool_move_past_a_member_out_and_pause_it(serve, openai_for, admin, tabs, fault):
+    server = serve()
+    one, two = tabs
+    for fake in tabs:
+        fake.image_url = fake.url + "/img/{:04d}.png"
+    enrol(server.app.test_client(), admin, one.url, two.url)
+    for name, value in fault.items():
+        setattr(one, name, value)
+    gateway = openai_for(server)
+    for _ in range(3):
+        assert image(gateway).data[0].url.startswith(two.url)
+    assert len(chats(one)) == 1  # paused after its one failure, as for chat
+    assert {r.json["session_id"] for r in chats(two)} == {B[0]}
+    assert 50 < server.app.extensions["router"].breaker.cooldown_left(bridge_key(one.url)) <= 60
+
+
+def test_images_in_a_pool_take_turns_one_call_per_image(serve, openai_for, admin, tabs):
+    server = serve()
+    for fake in tabs:
+        fake.image_url = fake.url + "/img/{:04d}.png"
+    enrol(server.app.test_client(), admin, *(t.url for t in tabs))
+    result = openai_for(server).images.generate(model="nano-banana", prompt="two cats", n=2, extra_headers=POOL)
+    assert sorted(d.url.rsplit("/img/", 1)[0] for d in result.data) == sorted(t.url for t in tabs)
+
+
+def test_images_in_a_pool_with_every_member_out_is_one_429_then_503_without_members(serve, openai_for, admin, tabs):
+    server = serve(GATEWAY_POOL_COOLDOWN_SECONDS=40)
+    one, two = tabs
+    enrol(server.app.test_client(), admin, one.url, two.url)
+    one.no_browser, two.marker = True, "error"
+    gateway = openai_for(server)
+    with pytest.raises(openai.RateLimitError) as caught:
+        image(gateway)
+    assert caught.value.body["code"] == "pool_exhausted"
+    assert 35 <= int(caught.value.response.headers["Retry-After"]) <= 40
+    assert len(chats(one)) == len(chats(two)) == 1
+    with pytest.raises(openai.InternalServerError) as empty:
+        image(gateway, **{"X-Session-Pool": "nobody"})
+    assert empty.value.status_code == 503 and empty.value.body["code"] == "pool_empty"

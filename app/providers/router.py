@@ -14,7 +14,7 @@ from .breaker import CLOSED, Breaker
 from .bridge_pool import BridgePool
 from .dispatch import Dispatcher, RetryPolicy
 from .lmarena_bridge import LMArenaBridge, bridge_url
-from .pools import PoolRequest, Pools
+from .pools import Member, PoolRequest, Pools
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,11 @@ class Router:
         return sorted(candidates, key=lambda p: self.breaker.retry_in(p.breaker_key) is not None)
 
     def plan_pool(
-        self, model: str, selector: str | None, domain: str, name: str, sessions: list
+        self, selector: str | None, domain: str, name: str, members: list[Member]
     ) -> tuple[list[Provider], PoolRequest]:
         """Return the member bridges a pool request tries, in this turn's order, and the request's walk."""
-        self.plan(model, selector, session=True)  # the same X-Provider checks as a session's
-        walk = self.pools.request(domain, name, sessions, self.bridge_for)
+        self.plan("", selector, session=True)  # the same X-Provider checks as a session's
+        walk = self.pools.request(domain, name, members, self.bridge_for)
         return list(walk.members), walk
 
     def dispatcher(self, plan: list[Provider], pool: PoolRequest | None = None) -> Dispatcher:
@@ -236,4 +236,3 @@ class Router:
             provider.close()
         if self.bridges is not None:
             self.bridges.close()
-
