@@ -1,4 +1,4 @@
-"""What a pool accepts: chat and images send each member the model as its own map says."""
+"""What a pool accepts: /v1/models lists it, chat and images send each member the model as its own map says."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import openai
 import pytest
 
-from tests.test_pools import POOL, A, B, chats, register
+from tests.conftest import CLIENT_KEY
+from tests.test_pools import POOL, ROUTED_KEY, A, B, chats, register
 from tests.upstreams.fake_bridge import DEFAULT_MODELS, FakeBridge
 
 C = ("55555555-5555-4555-8555-555555555555", "66666666-6666-4666-8666-666666666666")
@@ -44,6 +45,18 @@ def mapped(serve, openai_for, admin, tabs):
 
 def sent(fake) -> list[dict]:
     return [r.json for r in chats(fake)]
+
+
+def listed(gateway, headers) -> list[str]:
+    return sorted(m.id for m in gateway.models.list(extra_headers=headers))
+
+
+def test_pool_models_are_the_union_of_what_its_members_accept(mapped):
+    # one's and two's maps, three's own list, and the aliases whose target three lists (vision's does not).
+    assert listed(mapped, POOL) == ["gpt-5", "my-gpt", "my-id", "nano-banana", "pic", "smart"]
+    assert mapped.models.retrieve("pic", extra_headers=POOL).owned_by == "lmarena_bridge"
+    with pytest.raises(openai.NotFoundError):
+        mapped.models.retrieve("gemini-2.5-pro", extra_headers=POOL)
 
 
 def test_a_mapped_name_goes_only_to_members_whose_map_holds_it_rewritten_per_member(mapped, tabs):
@@ -116,3 +129,16 @@ def test_images_in_a_pool_leave_out_members_that_map_the_name_to_a_text_model(ma
     response = client.post("/v1/images/generations", json={"model": "txt", "prompt": "a cat"}, headers=auth | POOL)
     assert response.status_code == 400 and response.get_json()["error"]["code"] == "model_not_image"
     assert sent(two) == [] and len(sent(one)) == 2
+
+
+def test_a_key_routed_to_a_pool_lists_and_uses_what_the_pool_accepts(serve, openai_for, admin, tabs):
+    server = serve(GATEWAY_API_KEYS=f"{CLIENT_KEY},{ROUTED_KEY}", GATEWAY_KEY_ROUTES=f"{ROUTED_KEY}=lmarena.ai/team")
+    one, _, three = tabs
+    register(server.app.test_client(), admin, "tab-one", A, one.url, models={"pic": "nano-banana"})
+    routed, plain = openai_for(server, ROUTED_KEY), openai_for(server)
+    assert listed(routed, {}) == ["pic"]
+    assert "pic" not in listed(plain, {}) and "gpt-5" in listed(plain, {})  # the default bridge's list
+    assert routed.images.generate(model="pic", prompt="a cat").data[0].url.startswith(one.url)
+    with pytest.raises(openai.NotFoundError):
+        routed.chat.completions.create(model="gpt-5", messages=HI)
+    assert sent(three) == []
