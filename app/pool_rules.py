@@ -1,14 +1,16 @@
-"""Pools of sessions: which pool a /v1 request names, its active members, and which of them accept a model."""
+"""Pools of sessions: which pool a /v1 request names, its active members, which of them accept a model, their state."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import current_app, request
 
 from . import request_record
 from .auth import provided_key
 from .errors import NotFoundError
+from .providers import get_router
 from .providers.pools import Member
 from .session_rules import active_since, bridge_of, check_domain, check_name, model_for
 from .store import Session, get_store
@@ -79,3 +81,44 @@ def pool_sends(domain: str, pool: str, model: str) -> list[Member]:
             code="model_not_found",
         )
     return members
+
+
+def pool_status() -> list[dict[str, Any]]:
+    """Return every pool's registered sessions, each with its bridge's state (for the admin: URLs, never keys).
+
+    Counts and the last error are the bridge's: sessions sharing one bridge show the same.
+    """
+    router = get_router()
+    since = active_since()
+    pools: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for session in get_store().list():
+        if session.pool is None:
+            continue
+        url, key = router.circuit_of(session.bridge_base_url)
+        circuit = router.breaker.snapshot(key)
+        active = session.seen_since(since)
+        pools.setdefault((session.domain, session.pool), []).append(
+            {
+                "session_name": session.session_name,
+                "base_url": url,
+                "active": active,
+                "state": _member_state(active, circuit),
+                "cooldown_until": circuit["cooldown_until"],
+                "last_error": circuit["last_error"],
+                "requests": circuit["requests"],
+                "errors": circuit["errors"],
+            }
+        )
+    return [
+        {"domain": domain, "pool": pool, "members": sorted(members, key=lambda m: m["session_name"])}
+        for (domain, pool), members in sorted(pools.items())
+    ]
+
+
+def _member_state(active: bool, circuit: dict[str, Any]) -> str:
+    """Return whether a member is served requests now, or why not (the first reason that applies)."""
+    if not active:
+        return "inactive"  # no heartbeat within GATEWAY_SESSION_ACTIVE_SECONDS
+    if circuit["cooldown_until"]:
+        return "paused"
+    return "ready" if circuit["state"] == "closed" else f"circuit_{circuit['state']}"

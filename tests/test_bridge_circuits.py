@@ -141,8 +141,9 @@ def test_dashboard_lists_each_bridge(make_app, settings, bridge, other_bridge, a
     assert row(page, "bridges", bridge.url)[1:3] == ["configured", "closed"]
     dead = row(page, "bridges", dead_url)
     assert dead[1:3] == ["session", "open"] and dead[3] != "—"
-    assert dead[4:7] == [str(FAILURES)] * 3
-    assert "refused" in dead[8]
+    assert dead[4] == "—"  # not paused: only a pool pauses a bridge
+    assert dead[5:8] == [str(FAILURES)] * 3
+    assert "refused" in dead[9]
 
 
 def test_health_counts_no_bridges_when_the_bridge_is_disabled(make_app, with_yupp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
@@ -11,8 +12,10 @@ import pytest
 from app import registration_tokens
 from app.config import ConfigError, load_settings
 from app.providers.lmarena_bridge import bridge_key
+from app.store import Session, get_store
 from tests.conftest import CLIENT_KEY
 from tests.helpers.redis_server import free_port
+from tests.test_dashboard import row
 from tests.upstreams.fake_bridge import FakeBridge
 
 A = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222")
@@ -311,3 +314,41 @@ def test_images_in_a_pool_with_every_member_out_is_one_429_then_503_without_memb
     with pytest.raises(openai.InternalServerError) as empty:
         image(gateway, **{"X-Session-Pool": "nobody"})
     assert empty.value.status_code == 503 and empty.value.body["code"] == "pool_empty"
+
+
+def test_status_and_dashboard_show_each_member_paused_until_when_and_why(client, admin, auth, tabs):
+    one, two = tabs
+    enrol(client, admin, one.url, two.url)
+    register(client, admin, "quiet", B, two.url, pool="spare")
+    one.no_browser = True
+    for _ in range(3):
+        assert chat(client, {**auth, **POOL}).status_code == 200
+    status = client.get("/providers/status", headers=admin).get_json()
+    assert [(p["domain"], p["pool"]) for p in status["pools"]] == [("lmarena.ai", "spare"), ("lmarena.ai", "team")]
+    members = {m["session_name"]: m for m in status["pools"][1]["members"]}
+    paused, ready = members["tab-one"], members["tab-two"]
+    assert (paused["state"], paused["base_url"], paused["active"]) == ("paused", one.url, True)
+    left = datetime.fromisoformat(paused["cooldown_until"]) - datetime.now(UTC)
+    assert timedelta(seconds=50) < left <= timedelta(seconds=60)
+    assert paused["last_error"]["code"] == "bridge_no_browser" and (paused["requests"], paused["errors"]) == (0, 0)
+    assert (ready["state"], ready["cooldown_until"], ready["last_error"], ready["requests"]) == ("ready", None, None, 3)
+    # The same bridge in the bridges list carries the pause too.
+    bridges = next(p for p in status["data"] if p["name"] == "lmarena_bridge")["bridges"]
+    assert next(b for b in bridges if b["base_url"] == one.url)["circuit"]["cooldown_until"] == paused["cooldown_until"]
+    page = client.get("/dashboard", headers=admin)
+    cells = row(page, "pools", "tab-one")
+    assert cells[1:5] == ["team", "lmarena.ai", "paused", one.url] and cells[5] != "—"
+    assert "no browser" in cells[8]
+    assert row(page, "pools", "tab-two")[3] == "ready"
+    # /health counts bridges; it names no member, pool or URL.
+    health = client.get("/health").get_data(as_text=True)
+    assert one.url not in health and two.url not in health and "tab-one" not in health and "team" not in health
+
+
+def test_a_member_without_heartbeat_shows_inactive(app, client, admin, tabs):
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with app.app_context():
+        session = Session("lmarena.ai", "tab-one", *A, bridge_base_url=tabs[0].url, pool="team")
+        get_store().register(session, now=an_hour_ago, limit=100, active_since=an_hour_ago)
+    member = client.get("/providers/status", headers=admin).get_json()["pools"][0]["members"][0]
+    assert (member["session_name"], member["state"], member["active"]) == ("tab-one", "inactive", False)

@@ -129,10 +129,12 @@ class Breaker:
         record = self._get(name)
         state = record.get("state", CLOSED)
         retry_at = record.get("retry_at") if state == OPEN else None
+        paused_until = record.get("cooldown_until", 0)
         return {
             "state": state,
             "consecutive_failures": record.get("failures", 0),
             "retry_at": isoformat(_from_epoch(retry_at)) if retry_at else None,
+            "cooldown_until": isoformat(_from_epoch(paused_until)) if paused_until > time.time() else None,
             "last_success_at": record.get("last_success_at"),
             "last_failure_at": record.get("last_failure_at"),
             "last_error": record.get("last_error"),
@@ -159,10 +161,20 @@ class Breaker:
             return None
         return max(0.0, record.get("retry_at", 0) - time.time())
 
-    def cool_down(self, name: str, seconds: float) -> None:
-        """Pause a pool member (its bridge) for seconds, in the circuit's record; the circuit itself is unchanged."""
-        until = time.time() + seconds
-        self._update(name, lambda current: {**current, "cooldown_until": max(until, current.get("cooldown_until", 0))})
+    def cool_down(self, name: str, seconds: float, error: GatewayError | None = None) -> None:
+        """Pause a pool member (its bridge) for seconds, noting why, in the circuit's record; the circuit is unchanged.
+
+        The error becomes the record's last error, for the admin; it counts neither as a failure nor as an error.
+        """
+        until, stamp = time.time() + seconds, isoformat(utcnow())
+
+        def pause(current):
+            record = {**current, "cooldown_until": max(until, current.get("cooldown_until", 0))}
+            if error is not None:
+                record.update(last_failure_at=stamp, last_error={"code": error.code, "message": error.message[:300]})
+            return record
+
+        self._update(name, pause)
 
     def cooldown_left(self, name: str) -> float | None:
         """Return seconds until a pool member in cooldown returns, or None (one cached read, as allow())."""

@@ -101,7 +101,7 @@ class PoolRequest:
                 return False
         if verdict.cooldown:
             # An upstream's Retry-After longer than the pool's cooldown is honoured.
-            self.breaker.cool_down(bridge.breaker_key, max(self.cooldown, error.retry_after or 0.0))
+            self.breaker.cool_down(bridge.breaker_key, max(self.cooldown, error.retry_after or 0.0), error)
             log.info("pool %s/%s: %s paused (%s)", self.domain, self.name, bridge.public_url, error.code)
         return True
 

@@ -13,8 +13,9 @@ from .base import Provider
 from .breaker import CLOSED, Breaker
 from .bridge_pool import BridgePool
 from .dispatch import Dispatcher, RetryPolicy
-from .lmarena_bridge import LMArenaBridge, bridge_url
+from .lmarena_bridge import LMArenaBridge, bridge_key, bridge_url
 from .pools import Member, PoolRequest, Pools
+from .transport import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,13 @@ class Router:
             {"base_url": url, "source": source, "circuit": self.breaker.snapshot(key)}
             for key, (url, source) in self.known_bridges().items()
         ]
+
+    def circuit_of(self, base_url: str | None) -> tuple[str, str]:
+        """Return the public URL and circuit name of the bridge at base_url (a session's), or the configured one's."""
+        # The configured bridge even when disabled: sessions registered before keep their status rows.
+        configured = self.bridges.default if self.bridges is not None else self.bridge
+        url = redact_url(base_url) if base_url else configured.public_url
+        return url, bridge_key(url)
 
     def bridge_counts(self) -> dict[str, int]:
         """Return how many known bridges have a closed circuit, of how many (no URLs: /health shows this)."""
