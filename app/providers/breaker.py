@@ -9,7 +9,7 @@ from datetime import UTC
 from typing import Any
 
 from ..errors import GatewayError, StoreError
-from ..store.base import isoformat, utcnow
+from ..store.base import isoformat, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,24 @@ class Breaker:
         left = self._get(name).get("cooldown_until", 0) - time.time()
         return left if left > 0 else None
 
+    def forget(self, names: list[str], idle_before: float, dry_run: bool = False) -> list[str]:
+        """Remove (or, dry_run, only list) the records of names not active since idle_before (epoch seconds).
+
+        Checked again under the record's lock (or Redis transaction): one that a request used meanwhile stays.
+        """
+        if dry_run:
+            return [name for name in names if _last_active(self._get(name)) < idle_before]
+        try:
+            gone = self.state.remove(names, lambda record: _last_active(record) < idle_before)
+        except StoreError as exc:
+            log.warning("old circuit records not removed: %s", exc.message)
+            return []
+        with self._lock:
+            for name in gone:
+                self._flushed.pop(name, None)
+                self._samples.pop(name, None)
+        return gone
+
     def _get(self, name: str) -> dict[str, Any]:
         try:
             return self.state.get(name)
@@ -200,6 +218,13 @@ def _probe_due(record: dict[str, Any], now: float) -> bool:
         return now >= record.get("retry_at", 0)
     # A probe that never reported back (its process died) frees the slot when its lease ends.
     return state == HALF_OPEN and now >= record.get("probe_until", 0)
+
+
+def _last_active(record: dict[str, Any]) -> float:
+    """Return when a record last saw a request, a failure or a pause (epoch seconds; 0 when it says nothing)."""
+    stamps = [parse_time(record[k]).timestamp() for k in ("last_success_at", "last_failure_at") if record.get(k)]
+    stamps += [record.get(k) or 0 for k in ("opened_at", "retry_at", "probe_until", "cooldown_until")]
+    return max(stamps, default=0.0)
 
 
 def _from_epoch(seconds: float):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..config import PROVIDER_NAMES
@@ -200,6 +201,17 @@ class Router:
         configured = self.bridges.default if self.bridges is not None else self.bridge
         url = redact_url(base_url) if base_url else configured.public_url
         return url, bridge_key(url)
+
+    def prune_bridges(self, in_use: Iterable[str | None], idle_before: float, dry_run: bool = False) -> list[str]:
+        """Remove (or list) the circuit records of bridges idle since idle_before that nothing here uses any more.
+
+        in_use holds the sessions' bridge_base_url values; the configured bridge and providers are always kept.
+        Return the public URLs of the bridges whose records went.
+        """
+        keep = {p.breaker_key for p in self.all_providers} | {self.circuit_of(url)[1] for url in in_use}
+        stale = [key for key in self.breaker.names() if bridge_url(key) is not None and key not in keep]
+        gone = self.breaker.forget(stale, idle_before, dry_run)
+        return [url for key in gone if (url := bridge_url(key)) is not None]
 
     def bridge_counts(self) -> dict[str, int]:
         """Return how many known bridges have a closed circuit, of how many (no URLs: /health shows this)."""
