@@ -62,6 +62,19 @@ class FileState:
         finally:
             self._fresh_until = 0.0  # this process sees its own change at once
 
+    def remove(self, names: list[str], still: Callable[[Record], bool]) -> list[str]:
+        """Remove the records of names for which still(record) holds under the lock; return those removed."""
+
+        def apply(table):
+            gone = [name for name in names if name in table and still(table[name])]
+            kept = {name: record for name, record in table.items() if name not in gone}
+            return (kept if gone else None), gone
+
+        try:
+            return self.file.change(apply)
+        finally:
+            self._fresh_until = 0.0
+
 
 class RedisState:
     """Records as JSON strings in Redis; changes are optimistic transactions (WATCH/MULTI), retried on conflict."""
@@ -122,6 +135,33 @@ class RedisState:
         except (self._redis.exceptions.RedisError, OSError) as exc:
             raise StoreError(f"Redis is unavailable for {self.kind} state ({type(exc).__name__}).") from None
         raise StoreError(f"The {self.kind} state kept changing under concurrent updates; try again.", code="store_busy")
+
+    def remove(self, names: list[str], still: Callable[[Record], bool]) -> list[str]:
+        """Remove the records of names for which still(record) holds, each in a transaction; return those removed."""
+        gone = []
+        try:
+            with self.client.pipeline() as pipe:
+                for name in names:
+                    key = self.prefix + "provider:" + name
+                    for _ in range(self.ATTEMPTS):
+                        try:
+                            pipe.watch(key)
+                            raw = pipe.get(key)
+                            if not raw or not still(json.loads(raw)):
+                                pipe.unwatch()
+                                break
+                            pipe.multi()
+                            pipe.delete(key)
+                            pipe.execute()
+                            gone.append(name)
+                            break
+                        except self._redis.WatchError:
+                            continue  # changed meanwhile: look at it again
+        except (self._redis.exceptions.RedisError, OSError) as exc:
+            raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
+        for name in gone:
+            self._cache.pop(name, None)
+        return gone
 
 
 def _glob_escape(text: str) -> str:
