@@ -20,16 +20,6 @@ ROUTED_KEY = "sk-gw-routed=="  # ends in '=': the key is what stands before the 
 POOL = {"X-Session-Pool": "team"}
 
 
-@pytest.fixture
-def tabs():
-    """Two healthy bridges, as two browser tabs would run."""
-    with (
-        FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab one") as one,
-        FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab two") as two,
-    ):
-        yield one, two
-
-
 def register(client, admin, name, ids, bridge_url, pool="team", domain="lmarena.ai"):
     body = {"domain": domain, "session_name": name, "session_id": ids[0], "message_id": ids[1], "pool": pool}
     if bridge_url:
@@ -72,7 +62,6 @@ def test_pool_spreads_requests_over_its_members(app, client, admin, auth, tabs, 
     assert chats(bridge) == []
 
 
-
 def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(client, admin, auth, tabs):
     from app.session_rules import MEMBERS_SECONDS
 
@@ -83,6 +72,7 @@ def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(
     time.sleep(MEMBERS_SECONDS + 0.1)
     answers = {text_of(chat(client, {**auth, **POOL})) for _ in range(4)}
     assert answers == {"from tab one", "from tab two"}
+
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
