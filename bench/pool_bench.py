@@ -93,9 +93,10 @@ def instrument(app, kind: str, counts: Counter):
         store.seen = Counted(store.seen, {"all", "get"}, counts, "heartbeat table: ")
         state.file = Counted(state.file, {"read"}, counts, "breaker file: ")
     else:
-        commands = {"get", "hgetall", "zrange", "smembers", "pipeline", "mget"}
-        store.client = Counted(store.client, commands, counts, "redis (sessions): ")
-        state.client = Counted(state.client, commands, counts, "redis (breaker): ")
+        # The store's pipeline is its batched read of a listing; the breaker's is a write (WATCH/MULTI), not counted.
+        reads = {"hgetall", "zrange", "smembers", "pipeline"}
+        store.client = Counted(store.client, reads, counts, "redis (sessions): ")
+        state.client = Counted(state.client, {"get", "mget"}, counts, "redis (breaker): ")
     app.extensions["session_store"] = Counted(store, {"find", "get", "list"}, counts, "session store: ")
     breaker.state = Counted(state, {"get", "update"}, counts, "breaker state: ")
 

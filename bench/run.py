@@ -122,6 +122,7 @@ def machine(args: argparse.Namespace) -> dict:
         "concurrency": args.concurrency,
         "paced_concurrency": args.paced_concurrency,
         "passenger_pool": args.passenger_pool,
+        "pool_seconds": args.pool_seconds,
         "pinning": "load generator + mock on CPU 1, servers on CPU 0" if args.pin else "none (all share both cores)",
         "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
