@@ -238,7 +238,7 @@ def _pools_table(pools: list[dict]) -> list[str]:
             warm, cold = s["warm_reads"], s["cold_reads"]
             rows.append(
                 [p["backend"], f"`{name}`", str(s["members_chosen"]), _f(s["per_s"], 0)]
-                + [_f(s["mean_us"], 1), _f(s["p99_us"], 1), _signed(s["added_mean_us"]), _f(s["cold_us"] / 1000)]
+                + [_f(s["p50_us"], 1), _f(s["p99_us"], 1), _signed(s["added_p50_us"]), _f(s["cold_us"] / 1000)]
                 + [_f(sum(v for k, v in warm.items() if k.startswith("session store:")), 4)]
                 + [_f(sum(v for k, v in warm.items() if k.startswith("breaker state: get")), 1)]
                 + [_reads(warm), _reads(cold, cold=True)]
@@ -248,7 +248,7 @@ def _pools_table(pools: list[dict]) -> list[str]:
         "per request; `session` names one session, `pool-N` a pool of N active members; added = over `session`; "
         "reads per request: store calls, breaker records read (cached), and what reached a file, SQLite or Redis, "
         "warm and after the caches ran out):",
-        ["backend", "routing", "members chosen", "routings/s", "mean µs", "p99 µs", "added mean µs", "cold ms"]
+        ["backend", "routing", "members chosen", "routings/s", "p50 µs", "p99 µs", "added p50 µs", "cold ms"]
         + ["session store calls/req", "breaker records read/req", "backend reads/req, warm", "backend reads, cold"],
         rows,
     )
