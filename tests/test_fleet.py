@@ -67,7 +67,7 @@ def admin_post(gateway: GatewayProcess, path: str, body: dict, http=requests) ->
     return response.json()["session"]
 
 
-def shared_record(store: str, gateway: GatewayProcess, storage: Path, redis_client, url: str) -> dict:
+def shared_record(store: str, storage: Path, redis_client, url: str) -> dict:
     """Return a bridge's breaker record as it is stored for every process (providers.json, or its Redis key)."""
     if store == "json":
         return json.loads((storage / "providers.json").read_text())["providers"][bridge_key(url)]
@@ -92,7 +92,7 @@ def test_cooldown_set_by_one_process_is_honoured_by_the_other_two(request, fleet
             assert ask(clients[0], stream) == "from tab two"
         assert len(chats(one)) == asked + 1  # the first process paused it after one failure
         redis_client = request.getfixturevalue("redis_db")[1] if store == "redis" else None
-        record = shared_record(store, gateways[0], tmp_path / "fleet", redis_client, one.url)
+        record = shared_record(store, tmp_path / "fleet", redis_client, one.url)
         assert 100 < record["cooldown_until"] - time.time() <= 120
         # The tab is back, but a process that asked it would see that: the others must skip it unasked.
         one.no_browser = False
