@@ -24,16 +24,6 @@ ROUTED_KEY = "sk-gw-routed=="  # ends in '=': the key is what stands before the 
 POOL = {"X-Session-Pool": "team"}
 
 
-@pytest.fixture
-def tabs():
-    """Two healthy bridges, as two browser tabs would run."""
-    with (
-        FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab one") as one,
-        FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab two") as two,
-    ):
-        yield one, two
-
-
 def register(client, admin, name, ids, bridge_url, pool="team", domain="lmarena.ai", models=None):
     body = {"domain": domain, "session_name": name, "session_id": ids[0], "message_id": ids[1], "pool": pool}
     if bridge_url:
