@@ -47,4 +47,8 @@ def cleanup(days: float | None = None, dry_run: bool = False) -> dict[str, Any]:
         recorder().flush()
         events = 0 if dry_run else analytics.cleanup(path, time.time() - retention)
         result["analytics"] = {"retention_days": retention / 86400, "events_removed": events}
+        fleet = recorder().fleet
+        if fleet is not None:
+            # The fleet's buckets expire by themselves in Redis; sessions' per-day figures are pruned here.
+            result["analytics"]["fleet_records_removed"] = 0 if dry_run else fleet.cleanup(time.time() - retention)
     return result

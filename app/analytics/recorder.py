@@ -16,6 +16,7 @@ from contextlib import suppress
 from typing import Any
 
 from . import db, writer
+from .fleet import FleetAnalytics
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _inherited: list[sqlite3.Connection] = []
 
 
 class Recorder:
-    """Queue events in memory and write them to SQLite from one daemon thread per process."""
+    """Queue events in memory and write them to SQLite from one daemon thread per process (and to a fleet's Redis)."""
 
     def __init__(
         self,
@@ -43,11 +44,15 @@ class Recorder:
         max_queue: int = 10_000,
         busy_timeout: float = db.BUSY_TIMEOUT,
         retries: int = 4,
+        fleet: FleetAnalytics | None = None,
     ) -> None:
         if flush_interval <= 0 or max_batch < 1 or max_queue < 1 or busy_timeout < 0 or retries < 0:
             raise ValueError("flush_interval and busy_timeout must be positive, max_batch and max_queue at least 1")
         self.path, self.flush_interval, self.max_batch, self.max_queue = path, flush_interval, max_batch, max_queue
         self.busy_timeout, self.retries = busy_timeout, retries
+        # With several instances, the same events also go to Redis for every dashboard; this file still feeds
+        # /metrics (each instance's own) and keeps the events themselves.
+        self.fleet = fleet
         db.connect(path, busy_timeout=busy_timeout).close()  # a bad path fails at start-up, not on a request
         self._closed = False
         self._pid = 0  # no process owns a writer yet: the first record() in each process starts one
@@ -109,6 +114,8 @@ class Recorder:
                 self._streams_version += 1
             self._drain()
             self._disconnect()
+            if self.fleet is not None:
+                self.fleet.close()
 
     def stats(self) -> dict[str, int]:
         """Return this process's counts: queued, written, dropped (queue full), failed (write gave up), retries."""
@@ -140,6 +147,8 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._fork_held = False
         self._last_log = 0.0
+        if self.fleet is not None:
+            self.fleet.reset()
 
     def _adopt(self) -> bool:
         """Start this process's writer on its first use here; return False once closed."""
@@ -178,9 +187,15 @@ class Recorder:
                 streams = dict(self._streams) if version != self._streams_written else None
             totals = {name: getattr(self, name) - saved for name, saved in self._saved.items()}
             totals = {name: delta for name, delta in totals.items() if delta}
-            if not batch and streams is None and not totals:
+            fleet_due = self.fleet is not None and (streams is not None or self.fleet.due())
+            if not batch and streams is None and not totals and not fleet_due:
                 return
-            if not self._write(batch, streams, totals):
+            written = self._write(batch, streams, totals) if batch or streams is not None or totals else True
+            if self.fleet is not None:
+                if streams is not None:
+                    self.fleet.streams_open(len(streams))
+                self.fleet.push()  # kept for the next round while Redis is down, whatever SQLite did
+            if not written:
                 return  # the next round tries again rather than spend the retry budget on every batch now
             if streams is not None:
                 self._streams_written = version
@@ -192,6 +207,8 @@ class Recorder:
     def _write(self, batch: list, streams: dict | None, totals: dict[str, int]) -> bool:
         rows, counters, invalid = writer.build(batch)
         self.invalid += invalid
+        if self.fleet is not None:
+            self.fleet.add(rows)
         for attempt in range(self.retries + 1):
             try:
                 if self._conn is None:

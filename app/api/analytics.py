@@ -34,6 +34,12 @@ def _database() -> str:
     return current_app.config["GATEWAY_ANALYTICS_PATH"]
 
 
+def _source() -> analytics.Source:
+    """Return the fleet's aggregates (Redis) or this machine's file, with this process's events written."""
+    _database()
+    return analytics.source()
+
+
 def parse_window(raw: str) -> float:
     """Return a ?window= value (3600, 90m, 24h, 7d) in seconds; raise InvalidRequestError outside 60 s to 366 d."""
     match = _WINDOW.fullmatch(raw.strip().lower())
@@ -47,13 +53,15 @@ def parse_window(raw: str) -> float:
 def summary():
     """Per provider and model over ?window= (default 1h): requests, error rate, latency p50/p95, TTFB p50."""
     window = parse_window(request.args.get("window", "1h"))
-    return {"object": "list", "window_seconds": window, "data": analytics.summary(_database(), window)}
+    with _source() as source:
+        return {"object": "list", "window_seconds": window, "data": source.summary(window)}
 
 
 @bp.get("/analytics/sessions")
 def sessions():
     """Per session and domain: requests, errors, last seen, tokens."""
-    return {"object": "list", "data": analytics.sessions(_database())}
+    with _source() as source:
+        return {"object": "list", "data": source.sessions()}
 
 
 EVENT_KINDS = ("capture", "heartbeat", "error", "info")
@@ -98,5 +106,5 @@ def custom_event():
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus metrics summed over every gateway process (Bearer GATEWAY_METRICS_TOKEN when set)."""
+    """Prometheus metrics summed over this instance's processes (Bearer GATEWAY_METRICS_TOKEN when set)."""
     return Response(render(analytics.metrics_snapshot(_database())), content_type=CONTENT_TYPE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import closing
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
@@ -131,15 +130,14 @@ def _traffic(window: float) -> dict[str, Any]:
     if target is None:
         result["analytics_note"] = "Analytics are off (GATEWAY_ENABLE_SESSION_ANALYTICS=false)."
         return result
-    path = current_app.config["GATEWAY_ANALYTICS_PATH"]
     width, count = bucket_layout(window)
     try:
         target.flush()
-        with closing(analytics.connect(path)) as conn:
-            buckets = analytics.timeseries(conn, width * count, count)
-            summary = analytics.summary(conn, window)
-            usage = analytics.sessions(conn, limit=MAX_SESSION_ROWS * 5)
-            streams = analytics.metrics_snapshot(conn)["active_streams_total"]
+        with analytics.source() as source:
+            buckets = source.timeseries(width * count, count)
+            summary = source.summary(window)
+            usage = source.sessions(limit=MAX_SESSION_ROWS * 5)
+            streams = source.active_streams()
     except AnalyticsError as exc:
         result["analytics_note"] = exc.message
         return result
