@@ -20,6 +20,15 @@ def load(app: Flask, setting: str, file_name: str) -> bytes:
     if configured:
         return configured.encode()
     path = storage_file(app.config, file_name)
+    if app.config["SESSION_STORE"] == "redis":
+        # Redis means several instances, and the file is one machine's: what another instance signed fails here.
+        log.warning(
+            "%s is not set: this instance signs with its own secret in %s, so what other instances signed fails "
+            "here; give every instance the same %s",
+            setting,
+            path,
+            setting,
+        )
     try:
         secret, created = _read_or_create(path)
     except OSError as exc:

@@ -217,3 +217,18 @@ def test_env_example_documents_every_setting_and_loads_as_is():
     settings = load_settings(environ={}, dotenv_path=example)
     assert settings["LMARENA_BRIDGE_BASE_URL"] == "http://127.0.0.1:5102"
     assert settings["GATEWAY_MODEL_ROUTES"] == {}
+
+
+@pytest.mark.parametrize("secret", ["GATEWAY_USERSCRIPT_SECRET", "GATEWAY_DASHBOARD_SECRET"])
+def test_several_instances_are_warned_of_each_secret_kept_in_a_file(make_app, redis_db, tmp_path, caplog, secret):
+    shared = {"GATEWAY_USERSCRIPT_SECRET": "userscript-secret", "GATEWAY_DASHBOARD_SECRET": "dashboard-secret"}
+    (tmp_path / "storage").mkdir()
+    with caplog.at_level(logging.WARNING, logger="app.signing_secrets"):
+        make_app(SESSION_STORE="redis", REDIS_URL=redis_db[0], **{**shared, secret: ""})
+    [line] = [r.getMessage() for r in caplog.records if r.name == "app.signing_secrets"]
+    assert line.startswith(f"{secret} is not set") and "give every instance the same" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="app.signing_secrets"):
+        make_app(SESSION_STORE="redis", REDIS_URL=redis_db[0], **shared)  # both set: nothing to say
+        make_app(**{**shared, secret: ""})  # one machine's processes share the file
+    assert [r for r in caplog.records if r.name == "app.signing_secrets"] == []
