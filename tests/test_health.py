@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.version import __version__
+from tests.helpers.redis_server import RedisServer
 
 
 def test_health_reports_ok_with_reachable_bridge(client, bridge):
@@ -70,3 +71,24 @@ def test_health_shows_session_store_and_degrades_when_it_breaks(app, client, adm
     body = client.get("/health").get_json()
     assert body["status"] == "degraded"
     assert body["session_store"]["ok"] is False
+
+
+def test_health_says_when_redis_is_gone_and_when_it_is_back(make_app, tmp_path):
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "storage").mkdir()  # the generated secrets' folder
+    server = RedisServer(tmp_path / "redis")
+    try:
+        client = make_app(SESSION_STORE="redis", REDIS_URL=server.url).test_client()
+        assert client.get("/health").get_json()["session_store"] == {"ok": True, "backend": "redis"}
+        server.stop()
+        answer = client.get("/health")
+        body = answer.get_json()
+        assert answer.status_code == 200 and body["status"] == "degraded"  # load balancers keep the instance
+        assert body["session_store"] == {
+            "ok": False,
+            "error": "The Redis session store is unavailable (ConnectionError).",
+        }
+        server.start()
+        assert client.get("/health").get_json()["session_store"] == {"ok": True, "backend": "redis"}
+    finally:
+        server.stop()

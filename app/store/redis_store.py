@@ -162,6 +162,12 @@ class RedisSessionStore(SessionStore):
         return removed
 
     def describe(self) -> dict[str, Any]:
+        # /health is how an operator (and a load balancer's log) learns Redis is gone: ask it, quietly, since
+        # checks come every second or so and the failing requests already log.
+        try:
+            self.client.ping()
+        except self._errors as exc:
+            raise StoreError(f"The Redis session store is unavailable ({type(exc).__name__}).") from None
         return {"backend": "redis"}
 
     def close(self) -> None:
