@@ -1,8 +1,10 @@
-"""Gateway processes: `python -m app` in its own OS process on a free loopback port, as a fleet would run it."""
+"""Gateway processes: `python -m app` or gunicorn in its own OS process on a free loopback port, as in a fleet."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,18 +18,62 @@ ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 30  # three processes importing Flask at once on a busy 2-core machine
 
 
-class GatewayProcess:
-    """One gateway process; settings are environment variables (conftest already cleared the developer's)."""
+def gunicorn_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
+    """Return the gunicorn command line an instance of a fleet runs (README: "Running several instances")."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "5",
+        # Longer than HAProxy keeps an idle connection to an instance (pool-purge-delay, 5 s): the instance never
+        # closes one just as HAProxy sends a request on it.
+        "--keep-alive",
+        "10",
+        "app:create_app()",
+    ]
 
-    def __init__(self, settings: dict[str, str], log: Path) -> None:
+
+class GatewayProcess:
+    """One gateway process (with gunicorn: its master and workers, in a process group of their own); settings are
+    environment variables (conftest already cleared the developer's)."""
+
+    def __init__(self, settings: dict[str, str], log: Path, *, gunicorn: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "GATEWAY_ENV_FILE": "", **settings, "GATEWAY_PORT": str(self.port)}
+        command = gunicorn_command(self.port) if gunicorn else [sys.executable, "-m", "app"]
         with open(log, "wb") as out:  # a file, not a pipe: a chatty process never blocks on a full pipe
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=gunicorn
             )
+        self.group = gunicorn
+
+    def kill(self) -> None:
+        """SIGKILL the instance, every worker of it at once, as a crash or the OOM killer would; return once its
+        port refuses connections (a worker may outlive its master by a moment)."""
+        if self.group:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"port {self.port} still answers 10 s after SIGKILL")
 
     def wait_ready(self, deadline: float) -> None:
         """Return once /health answers; raise with the process's output when it exits or deadline passes."""
@@ -47,7 +93,7 @@ class GatewayProcess:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after 10 s)."""
+        """Stop the process (SIGTERM, then SIGKILL after 10 s; gunicorn's workers with their master)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -55,15 +101,23 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self.group:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # a worker the master could not stop
+            except ProcessLookupError:
+                pass
 
 
-def start_fleet(count: int, settings: dict[str, str], logs: Path) -> list[GatewayProcess]:
-    """Start count gateway processes with the same settings at once; return them when every one answers."""
+def start_fleet(
+    count: int, settings: dict[str, str] | list[dict[str, str]], logs: Path, *, gunicorn: bool = False
+) -> list[GatewayProcess]:
+    """Start count gateway processes at once (the same settings, or one dict each); return them when all answer."""
     logs.mkdir(parents=True, exist_ok=True)
     fleet: list[GatewayProcess] = []
+    each = settings if isinstance(settings, list) else [settings] * count
     try:
         for number in range(count):
-            fleet.append(GatewayProcess(settings, logs / f"gateway-{number}.log"))
+            fleet.append(GatewayProcess(each[number], logs / f"gateway-{number}.log", gunicorn=gunicorn))
         deadline = time.monotonic() + START_SECONDS
         for gateway in fleet:
             gateway.wait_ready(deadline)
