@@ -103,13 +103,12 @@ class FleetAnalytics:
 
     def _incr(self, key: str, field: str, amount: int) -> None:
         fields = self._pending.get(key)
-        if fields is None:
-            fields = self._pending[key] = {}
-        if field not in fields:
+        if fields is None or field not in fields:
             if self._fields >= MAX_PENDING_FIELDS:
                 self.dropped += 1
                 return
             self._fields += 1
+            fields = self._pending.setdefault(key, {})
             fields[field] = 0
         fields[field] += int(amount)
 
