@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--render", type=Path, help="only print the table of an earlier results JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        print(table(summarize(json.loads(args.render.read_text())["cells"])))
+        return 0
     levels = [int(c) for c in args.concurrency.split(",")]
     started_at, load_before = datetime.now(UTC), cpu_load()
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
@@ -139,9 +143,30 @@ def main(argv: list[str] | None = None) -> int:
         if redis_server is not None:
             redis_server.stop()
         mock.stop()
+    result = {
+        "started": started_at.isoformat(timespec="seconds"),
+        "load_average_before": load_before,
+        "load_average_after": cpu_load(),
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "rows": summarize(cells),
+        "cells": cells,
+    }
+    out = HERE / "results" / f"{started_at:%Y-%m-%d}-{socket.gethostname()}-fleet.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(table(result["rows"]))
+    print(f"load average {load_before} before, {result['load_average_after']} after; {out}")
+    return 0
+
+
+def summarize(cells: dict[str, list[dict]]) -> list[dict]:
+    """Return one row per cell: medians over rounds, and the p50 added over direct-1 paired round by round."""
     rows = []
     for key, runs in cells.items():
         name, mode, concurrency = key.split("|")
+        direct = cells.get(f"direct-1|{mode}|{concurrency}", [])
+        added = [r["latency_ms"]["p50"] - d["latency_ms"]["p50"] for r, d in zip(runs, direct, strict=False)]
         rows.append(
             {
                 "target": name,
@@ -152,35 +177,20 @@ def main(argv: list[str] | None = None) -> int:
                 "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in runs),
                 "errors": sum(sum(r["errors"].values()) for r in runs),
                 "non_200": sum(n for r in runs for status, n in r["statuses"].items() if status != "200"),
+                "added_p50_ms": statistics.median(added) if added and name != "direct-1" else None,
             }
         )
-    result = {
-        "started": started_at.isoformat(timespec="seconds"),
-        "load_average_before": load_before,
-        "load_average_after": cpu_load(),
-        "cpus": os.cpu_count(),
-        "rounds": args.rounds,
-        "duration_s": args.duration,
-        "rows": rows,
-        "cells": cells,
-    }
-    out = HERE / "results" / f"{started_at:%Y-%m-%d}-{socket.gethostname()}-fleet.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(table(rows))
-    print(f"load average {load_before} before, {result['load_average_after']} after; {out}")
-    return 0
+    return rows
 
 
 def table(rows: list[dict]) -> str:
-    """Return the rows as a markdown table, with the balancer's added p50 against direct-1 in the same cell."""
-    by = {(r["target"], r["mode"], r["concurrency"]): r for r in rows}
+    """Return the rows as a markdown table; added p50 is against direct-1 in the same cell of the same round."""
     lines = [
         "| mode | c | target | req/s | p50 ms | p99 ms | added p50 ms | errors |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["mode"], r["concurrency"], r["target"])):
-        direct = by.get(("direct-1", r["mode"], r["concurrency"]))
-        added = f"{r['p50_ms'] - direct['p50_ms']:+.2f}" if direct and r["target"] != "direct-1" else ""
+        added = "" if r["added_p50_ms"] is None else f"{r['added_p50_ms']:+.2f}"
         lines.append(
             f"| {r['mode']} | {r['concurrency']} | `{r['target']}` | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {added} | {r['errors'] + r['non_200']} |"
