@@ -68,9 +68,11 @@ def custom_event():
     """Record a userscript's event (capture, heartbeat, error, info) for its session; token-scoped like register."""
     body = read_json_body(MAX_EVENT_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
-    if require_session(domain, name) is not None or not current_app.config["GATEWAY_ADMIN_KEY"]:
-        # A script's events (or anyone's, on an open gateway) are counted; the admin's are not.
-        limit_events(request.headers.get("X-Registration-Token", "").strip())
+    scope = require_session(domain, name)
+    if scope is not None or not current_app.config["GATEWAY_ADMIN_KEY"]:
+        # A script's events (or anyone's, on an open gateway) are counted; the admin's are not. Only a genuine token
+        # has a count of its own: made-up ones would each start a fresh allowance.
+        limit_events(request.headers.get("X-Registration-Token", "").strip() if scope is not None else "")
     kind = body.get("kind")
     if kind not in EVENT_KINDS:
         raise InvalidRequestError(f"'kind' must be one of {', '.join(EVENT_KINDS)}.", param="kind")
