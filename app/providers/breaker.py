@@ -57,16 +57,19 @@ class Breaker:
             log.info("circuit for %s half-open: probing with one request", name)
         return claimed or record.get("state", CLOSED) == CLOSED
 
-    def success(self, name: str, latency_ms: float, new_request: bool = True) -> None:
-        """Record a success: closes the circuit, and now and then refreshes the shared statistics.
+    def success(self, name: str, latency_ms: float | None, new_request: bool = True) -> None:
+        """Record that the provider answered: closes the circuit, and now and then refreshes the shared statistics.
 
-        new_request is False when this request was already counted for name (it failed there first).
+        latency_ms is None for an answer that was an error not of the provider's making (lmarena.ai's, reported
+        through a healthy bridge, or the request's own): proof it is up, but no latency sample. new_request is
+        False when this request was already counted for name (it failed there first).
         """
         record = self._get(name)
         healthy = record.get("state", CLOSED) == CLOSED and not record.get("failures")
         with self._lock:
             samples = self._samples.setdefault(name, [])
-            samples.append(latency_ms)
+            if latency_ms is not None:
+                samples.append(latency_ms)
             self._requests[name] = self._requests.get(name, 0) + new_request
             now = time.monotonic()
             if healthy and now - self._flushed.get(name, 0.0) < self.stats_interval:
@@ -77,15 +80,17 @@ class Breaker:
         stamp = isoformat(utcnow())
 
         def close(current):
-            latency = sum(batch) / len(batch)
             previous = current.get("latency_ms")
+            latency = sum(batch) / len(batch) if batch else previous
+            if batch and previous is not None:
+                latency = EWMA * latency + (1 - EWMA) * previous
             return {
                 **current,
                 "state": CLOSED,
                 "failures": 0,
                 "requests": current.get("requests", 0) + requests,
                 "last_success_at": stamp,
-                "latency_ms": round(latency if previous is None else EWMA * latency + (1 - EWMA) * previous, 1),
+                "latency_ms": None if latency is None else round(latency, 1),
             }
 
         self._update(name, close)
@@ -95,8 +100,8 @@ class Breaker:
     def failure(self, name: str, error: GatewayError, new_request: bool = True) -> None:
         """Record a failed request; open the circuit at the threshold, or at once when a probe failed.
 
-        Call it once per request and circuit, however many attempts failed; new_request is False when the
-        request was already counted for name (a stream that failed after it started).
+        Call it once per request and circuit, however many attempts failed, and only for a failure the outcome table
+        counts (docs/RELIABILITY.md); new_request is False when the request was already counted for name.
         """
         now, stamp = time.time(), isoformat(utcnow())
         with self._lock:
@@ -160,12 +165,12 @@ class Breaker:
         return max(0.0, record.get("retry_at", 0) - time.time())
 
     def cool_down(self, name: str, seconds: float) -> None:
-        """Pause a pool member (its bridge) for seconds, in the circuit's record; the circuit itself is unchanged."""
+        """Pause a bridge (its browser tab) for seconds, in the circuit's record; the circuit itself is unchanged."""
         until = time.time() + seconds
         self._update(name, lambda current: {**current, "cooldown_until": max(until, current.get("cooldown_until", 0))})
 
     def cooldown_left(self, name: str) -> float | None:
-        """Return seconds until a pool member in cooldown returns, or None (one cached read, as allow())."""
+        """Return seconds until a bridge in cooldown returns, or None (one cached read, as allow())."""
         left = self._get(name).get("cooldown_until", 0) - time.time()
         return left if left > 0 else None
 

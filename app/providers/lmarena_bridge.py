@@ -94,6 +94,7 @@ class LMArenaBridge(OpenAICompatible):
     name = "lmarena_bridge"
     label = "LMArena Bridge"
     selector = "bridge_direct"
+    tab = True
     stream_class = BridgeStream
     # The bridge has no /health; /v1/models needs no key, and 404 there only means models.json is empty.
     health_ok = frozenset({200, 404})
