@@ -18,6 +18,8 @@ from .transport import StreamTimer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Less of the request budget than this left: no attempt is started, the budget is spent.
+MIN_ATTEMPT = 0.05
 # A step of work that yields None each time the caller's wait limit passes, and returns its result.
 Waiting = Generator[None, None, T]
 
@@ -91,6 +93,7 @@ class Dispatcher:
     # How long the outcome table pauses a bridge (GATEWAY_POOL_COOLDOWN_SECONDS), whatever sent the request.
     cooldown: float = 60.0
     deadline: float = field(init=False)
+    started: float = field(init=False)
     # The last failure, and its row of the outcome table (None: the request's own fault).
     last: GatewayError | None = field(init=False, default=None)
     _verdict: Outcome | None = field(init=False, default=None)
@@ -100,7 +103,8 @@ class Dispatcher:
     _failed: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        self.deadline = time.monotonic() + self.budget
+        self.started = time.monotonic()
+        self.deadline = self.started + self.budget
 
     def remaining(self) -> float:
         """Return the seconds left of the request's one deadline."""
@@ -176,12 +180,12 @@ class Dispatcher:
             if answer is not None:
                 return answer
             if not self._moves_on():
-                raise self.last
+                raise self._ending_error()
         if self.pool is not None and (paused := self.pool.exhausted(self.last)) is not None:
             raise paused
         if self.last is None:
             raise self._all_open(shut)
-        raise self.last
+        raise self._ending_error()
 
     def _candidates(self) -> list[Provider]:
         """Return the plan in the order to try it: outside a pool, a bridge in cooldown goes last, not away."""
@@ -194,9 +198,9 @@ class Dispatcher:
     ) -> Waiting[tuple[Provider, T] | None]:
         """Ask one provider, again while the outcome table allows; return (provider, result), or None if it failed."""
         for number in range(provider.max_retries + 1):
-            timeout = min(provider.settings.first_byte_timeout, self.remaining())
-            if timeout <= 0:
+            if self.remaining() < MIN_ATTEMPT:
                 raise self._out_of_time()
+            timeout = min(provider.settings.first_byte_timeout, self.remaining())
             started = time.monotonic()
             self.last_provider, self.attempt_count = provider.name, self.attempt_count + 1
             try:
@@ -237,7 +241,7 @@ class Dispatcher:
             return False  # a pool moves to its next member, never back to the same bridge
         if number >= provider.max_retries or not error.retryable:
             return False
-        # A tab that failed generating is not asked for a second generation.
+        # A tab that got the request may be generating still, or has failed generating: never start a second one.
         return verdict.again or not provider.tab
 
     def _moves_on(self) -> bool:
@@ -251,10 +255,17 @@ class Dispatcher:
             return verdict is not None
         return error is not None and error.fallback
 
+    def _ending_error(self) -> GatewayError:
+        """Return the error that ends the request: the last failure, or the spent budget it ran into."""
+        return self.last if self.last is not None and self.remaining() >= MIN_ATTEMPT else self._out_of_time()
+
     def _out_of_time(self) -> GatewayError:
+        waited = round(time.monotonic() - self.started, 1)
+        attempts = f"{self.attempt_count} attempt{'' if self.attempt_count == 1 else 's'}"
         detail = f" Last failure: {self.last.message}" if self.last else ""
         return UpstreamTimeout(
-            f"No provider answered within the request budget of {self.budget:g} s.{detail}",
+            f"No provider answered within the request budget of {self.budget:g} s: waited {waited:g} s over "
+            f"{attempts}.{detail}",
             code="request_budget_exceeded",
         )
 

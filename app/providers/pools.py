@@ -28,7 +28,8 @@ class Outcome:
     once: bool = False  # only one more member (or provider) is tried after it
 
 
-UNREACHABLE = Outcome(counts=True, cooldown=True, again=True)  # refused, reset before any byte, TLS, silent
+UNREACHABLE = Outcome(counts=True, cooldown=True, again=True)  # refused, reset before any byte, TLS
+SILENT = Outcome(counts=True, cooldown=True)  # no byte before the first-byte timeout: the tab may still be generating
 BRIDGE_FAILED = Outcome(counts=True, cooldown=False, again=True)  # the bridge's own 5xx, without lmarena.ai's marker
 SESSION_SIDE = Outcome(counts=False, cooldown=True)  # no browser, waiting for refresh, rate limit, Cloudflare
 LMARENA_FAILED = Outcome(counts=False, cooldown=False, once=True)  # any other [LMArena Bridge Error] before content
@@ -40,8 +41,8 @@ OUTCOMES: dict[str, Outcome] = {
     "upstream_tls_failed": UNREACHABLE,
     "upstream_connect_timeout": UNREACHABLE,
     "upstream_stream_broken": UNREACHABLE,
-    "upstream_first_byte_timeout": UNREACHABLE,
-    "upstream_timeout": UNREACHABLE,  # a JSON answer's head (or body) not in within the first-byte timeout
+    "upstream_first_byte_timeout": SILENT,
+    "upstream_timeout": SILENT,  # a JSON answer's head (or body) not in within the first-byte timeout
     "bridge_no_browser": SESSION_SIDE,
     "upstream_verification": SESSION_SIDE,
     "rate_limit_exceeded": SESSION_SIDE,
