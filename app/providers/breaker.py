@@ -19,7 +19,10 @@ EWMA = 0.3
 
 
 class Breaker:
-    """Open a circuit after `failures` consecutive failed requests; after `cooldown` let one request probe it.
+    """Open a circuit after `failures` consecutive failed requests; let one request at a time probe it.
+
+    A probe is due after `cooldown`; a request that has nowhere else to go may claim it sooner (probe()), as long as
+    no other request holds it.
 
     A circuit is named by its upstream's `Provider.breaker_key` (one per bridge URL). State lives in a shared
     record (FileState or RedisState), so all Passenger processes skip a dead upstream together. A healthy provider
@@ -40,12 +43,25 @@ class Breaker:
         record = self._get(name)
         if record.get("state", CLOSED) == CLOSED:
             return True
-        now = time.time()
-        if not _probe_due(record, now):
+        if not _probe_due(record, time.time()):
             return False
+        return self._claim(name, early=False)
+
+    def probe(self, name: str) -> bool:
+        """Return whether a request may go now, claiming an open circuit's probe even before its cool-down ends.
+
+        For a request with nowhere else to go: rather than refuse it for the whole cool-down, let it find out whether
+        the upstream is back, one request at a time (False while another request holds the probe).
+        """
+        return self._claim(name, early=True)
+
+    def _claim(self, name: str, early: bool) -> bool:
+        now = time.time()
 
         def claim(current):
-            if current.get("state", CLOSED) == CLOSED or not _probe_due(current, now):
+            state = current.get("state", CLOSED)
+            free = _probe_due(current, now) or (early and state == OPEN)
+            if state == CLOSED or not free:
                 return None
             return {**current, "state": HALF_OPEN, "probe_until": now + self.cooldown}
 
@@ -158,11 +174,16 @@ class Breaker:
         return self._get(name).get("state", CLOSED)
 
     def retry_in(self, name: str) -> float | None:
-        """Return seconds until an open circuit admits a probe, or None when it is not open."""
+        """Return seconds until an open circuit surely admits a probe, or None when it is closed.
+
+        Open: its cool-down's end. Half-open: the end of the probe's lease (the probe itself usually ends sooner).
+        """
         record = self._get(name)
-        if record.get("state") != OPEN:
+        state = record.get("state", CLOSED)
+        if state == CLOSED:
             return None
-        return max(0.0, record.get("retry_at", 0) - time.time())
+        until = record.get("retry_at", 0) if state == OPEN else record.get("probe_until", 0)
+        return max(0.0, until - time.time())
 
     def cool_down(self, name: str, seconds: float) -> None:
         """Pause a bridge (its browser tab) for seconds, in the circuit's record; the circuit itself is unchanged."""

@@ -169,7 +169,7 @@ class Dispatcher:
         return new
 
     def _run(self, attempt: Callable[[Provider, float], Waiting[T]], beat: Beat) -> Waiting[tuple[Provider, T]]:
-        shut: list[Provider] = []  # circuit open
+        shut: list[Provider] = []  # circuit open: probed when nothing else could be asked
         for provider in self._candidates():
             if self.pool is not None and self.pool.cooling(provider):
                 continue  # paused since the plan was made; checked first, so no probe is claimed for nothing
@@ -184,7 +184,14 @@ class Dispatcher:
         if self.pool is not None and (paused := self.pool.exhausted(self.last)) is not None:
             raise paused
         if self.last is None:
-            raise self._all_open(shut)
+            # Every candidate's circuit is open. Refusing for the whole cool-down would leave a recovered upstream
+            # unused: one request at a time probes it instead, and the others are refused while it does.
+            probe = next((p for p in shut if self.breaker.probe(p.breaker_key)), None)
+            if probe is None:
+                raise self._all_open(shut)
+            answer = yield from self._ask(probe, attempt, beat)
+            if answer is not None:
+                return answer
         raise self._ending_error()
 
     def _candidates(self) -> list[Provider]:
@@ -273,7 +280,8 @@ class Dispatcher:
         waits = [w for p in skipped if (w := self.breaker.retry_in(p.breaker_key)) is not None]
         names = ", ".join(p.name for p in skipped)
         return UpstreamUnavailable(
-            f"Every provider for this request is failing and paused (circuit open: {names}); retry shortly.",
+            f"Every provider for this request is failing and being probed by another request (circuit open: "
+            f"{names}); retry shortly.",
             code="circuit_open",
             retry_after=min(waits) if waits else None,
         )
