@@ -13,6 +13,7 @@ from app.providers.lmarena_bridge import bridge_key
 from tests.conftest import CLIENT_KEY
 from tests.helpers.redis_server import free_port
 from tests.upstreams.fake_bridge import FakeBridge
+from tests.upstreams.script import Status
 
 A = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222")
 B = ("33333333-3333-4333-8333-333333333333", "44444444-4444-4444-8444-444444444444")
@@ -262,3 +263,31 @@ def test_failure_after_content_is_an_error_chunk_and_pauses_nobody(app, client, 
     breaker = app.extensions["router"].breaker
     assert all(breaker.cooldown_left(bridge_key(f.url)) is None for f in tabs)
     assert all(breaker.snapshot(bridge_key(f.url))["errors"] == 0 for f in tabs)
+
+
+@pytest.mark.parametrize("who", ["session", "default-bridge"])
+@pytest.mark.parametrize(
+    ("step", "pause"), [(None, 45), (Status(429, retry_after=120), 120)], ids=["lmarena", "bridge-own"]
+)
+def test_rate_limit_outside_a_pool_says_when_the_pause_ends_and_pools_honour_it(
+    make_app, admin, auth, tabs, bridge, who, step, pause
+):
+    client = make_app(GATEWAY_POOL_COOLDOWN_SECONDS=45).test_client()
+    one, two = tabs
+    limited = one if who == "session" else bridge
+    register(client, admin, "tab-one", A, one.url if who == "session" else None)  # None: the default bridge
+    register(client, admin, "tab-two", B, two.url)
+    if step is None:
+        limited.marker = "error"  # lmarena.ai's 429 through the bridge, which carries no Retry-After
+    else:
+        limited.script(step)  # a 429 of the bridge's own, with a Retry-After longer than the cooldown
+    headers = {**auth, "X-Session-Name": "tab-one"} if who == "session" else auth
+    response = chat(client, headers)
+    assert response.status_code == 429 and response.get_json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(response.headers["Retry-After"]) == pause
+    breaker = client.application.extensions["router"].breaker
+    assert pause - 5 < breaker.cooldown_left(bridge_key(limited.url)) <= pause
+    assert breaker.snapshot(bridge_key(limited.url))["errors"] == 0  # the session's trouble, not the bridge's
+    # The pause is the tab's, whichever request found it: the pool passes it over.
+    assert {text_of(chat(client, {**auth, **POOL})) for _ in range(4)} == {"from tab two"}
+    assert len(chats(limited)) == 1

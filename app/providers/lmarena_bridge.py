@@ -47,7 +47,8 @@ def _bridge_error(text: str) -> GatewayError:
     said = f" (bridge said: {text})"
     status = _LMARENA_STATUS.search(text)
     if status and status.group(1) == "429":
-        return RateLimitError("lmarena.ai is rate-limiting this session; retry later" + said, retry_after=30)
+        # lmarena.ai's 429 comes without a Retry-After: the outcome table's cooldown sets it (dispatch.py).
+        return RateLimitError("lmarena.ai is rate-limiting this session; retry later" + said)
     if any(marker in text for marker in _CLOUDFLARE):
         return UpstreamUnavailable(
             "lmarena.ai asked for a human (Cloudflare) check; the bridge is reloading the page, retry in a few seconds"

@@ -64,12 +64,17 @@ def outcome(error: GatewayError) -> Outcome | None:
 
 
 def pause(breaker: Breaker, bridge: Provider, verdict: Outcome, error: GatewayError, cooldown: float) -> None:
-    """Pause a bridge (its tab) as the outcome table says: for cooldown, or the upstream's longer Retry-After."""
+    """Pause a bridge (its tab) as the outcome table says: for cooldown, or the upstream's longer Retry-After.
+
+    After a session-side failure the client is told, in the error's Retry-After, when the tab returns.
+    """
     if not (verdict.cooldown and bridge.tab):
         return  # yupp2Api drives no tab: nothing to pause
     seconds = max(cooldown, error.retry_after or 0.0)
     breaker.cool_down(bridge.breaker_key, seconds)
     log.info("%s paused for %g s (%s)", bridge.public_url, seconds, error.code)
+    if not verdict.counts:
+        error.retry_after = seconds
 
 
 @dataclass
