@@ -134,37 +134,59 @@ class Guard:
             CHECKS[needs]()
 
 
-def require_session(domain: str, name: str) -> bool:
-    """Accept the admin key, or a userscript's registration token covering (domain, name); True for a token."""
+def require_session(domain: str, name: str) -> registration_tokens.Scope | None:
+    """Accept the admin key, or a userscript's registration token covering (domain, name); return the token's scope."""
     token = request.headers.get("X-Registration-Token", "").strip()
-    if not token or not current_app.config["GATEWAY_ADMIN_KEY"]:
+    if not token:
         require_admin()
-        return False
-    if registration_tokens.scope(current_app.extensions["regtoken_secret"], token) is None:
-        raise AuthenticationError(
-            "Invalid or revoked registration token: generate the userscript again.", code="invalid_registration_token"
+        return None
+    found = _token_scope(token, domain, name)
+    if not current_app.config["GATEWAY_ADMIN_KEY"]:
+        # Open mode takes anything; a good token still binds its session as the script's generator asked.
+        return found if isinstance(found, registration_tokens.Scope) else None
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def _token_scope(token: str, domain: str, name: str) -> registration_tokens.Scope | Exception:
+    """Return the scope of a token good for (domain, name) now, or the error that says why it is not."""
+    secret = current_app.extensions["regtoken_secret"]
+    found = registration_tokens.scope(secret, token)
+    if found is None:
+        return AuthenticationError(
+            "Invalid registration token: generate the userscript again.", code="invalid_registration_token"
         )
-    if not registration_tokens.allows(token, domain, name):
-        raise PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
-    return True
+    if not found.covers(domain, name):
+        return PermissionDenied(f"This registration token does not cover session '{name}' on {domain}.")
+    if registration_tokens.valid_scope(token) is None:
+        return AuthenticationError(
+            "This registration token has expired: generate the userscript again.", code="registration_token_expired"
+        )
+    if registration_tokens.revoked(found, domain, name):
+        return AuthenticationError(
+            "This registration token was revoked: generate the userscript again.", code="registration_token_revoked"
+        )
+    return found
 
 
 def script_token(session_name: str, domains: Iterable[str]) -> str | None:
-    """Return the script link's ?token= when it covers the session on domains; else require the admin key (None)."""
+    """Return the script link's ?token= when it still covers the session on domains; None on an open gateway's link
+    without one (anyone may generate there); raise otherwise."""
     token = request.args.get("token", "")
-    covered = registration_tokens.scope(current_app.extensions["regtoken_secret"], token) if token else None
-    if covered is not None and covered[0] == session_name and set(domains) <= covered[1]:
-        return token
-    if current_app.config["GATEWAY_ADMIN_KEY"]:
-        if request.headers.get("Authorization") or request.headers.get("X-Admin-Key"):
-            require_admin()
-        else:
+    if not token and not current_app.config["GATEWAY_ADMIN_KEY"]:
+        return None
+    # The update link re-serves the script with its own token and never mints another: a leaked link dies with its
+    # token (expiry, revocation, or a new GATEWAY_USERSCRIPT_SECRET).
+    for domain in sorted(set(domains)) or [""]:
+        found = _token_scope(token, domain, session_name) if token else None
+        if not isinstance(found, registration_tokens.Scope):
             raise AuthenticationError(
-                "This script link is not valid (or its token was revoked): generate it "
+                "This script link is not valid any more (expired, revoked or from another secret): generate it "
                 "again from /userscript/generate.",
                 code="invalid_registration_token",
             )
-    return None
+    return token
 
 
 def admin_key_ok(given: str) -> bool:

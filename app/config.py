@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -217,6 +218,32 @@ def _domains(value: Any) -> tuple[str, ...]:
     return domains
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _host_ports(value: Any) -> frozenset[tuple[str, int | None]]:
+    """Parse `host` or `host:port` items (IPv6 in brackets) into (host, port or None for any port) pairs."""
+    pairs = set()
+    for item in _csv(value):
+        shape = f"must list host or host:port items like images.example.com,127.0.0.1:8080; got {item!r}"
+        bare_ipv6 = item.count(":") > 1 and not item.startswith("[")
+        try:
+            parts = urlsplit("//" + (f"[{item}]" if bare_ipv6 else item))
+            port = parts.port
+        except ValueError:  # an unclosed bracket, a port that is not a number from 0 to 65535
+            raise ValueError(shape) from None
+        host = (parts.hostname or "").rstrip(".")
+        if parts.path or parts.query or parts.fragment or "@" in parts.netloc or item.endswith(":") or port == 0:
+            raise ValueError(shape)
+        try:
+            host = str(ipaddress.ip_address(host))  # one spelling per address: ::1, not 0:0::1
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host):
+                raise ValueError(shape) from None
+        pairs.add((host, port))
+    return frozenset(pairs)
+
+
 _POOL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -294,6 +321,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_MODELS_CACHE_SECONDS", 30.0, _number),
     Setting("GATEWAY_DEFAULT_IMAGE_MODEL", "", _text),
     Setting("GATEWAY_IMAGE_MAX_N", 4, _integer),
+    Setting("GATEWAY_IMAGE_FETCH_TIMEOUT", 30.0, _number),
+    Setting("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", frozenset(), _host_ports),
     Setting("STORAGE_PATH", str(ROOT / "storage" / "sessions.json"), _path),
     Setting("SESSION_STORE", "json", _choice("json", "redis")),
     Setting("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, secret=True),
@@ -313,11 +342,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_ANALYTICS_RETENTION_DAYS", 30.0, _number),
     Setting("GATEWAY_METRICS_TOKEN", "", _text, secret=True),
     Setting("GATEWAY_USERSCRIPT_SECRET", "", _text, secret=True),
+    Setting("GATEWAY_USERSCRIPT_TOKEN_DAYS", 180, _whole(1, 3650)),
     Setting("GATEWAY_DASHBOARD_SECRET", "", _text, secret=True),
     Setting("GATEWAY_PUBLIC_URL", "", _optional_url),
     Setting("CORS_ORIGINS", (), _csv),
+    Setting("GATEWAY_ALLOWED_HOSTS", (), _csv),
     Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_RATE_LIMIT_BURST", 0, _whole(0, 1_000_000)),
+    Setting("GATEWAY_EVENT_RATE_PER_MINUTE", 60, _whole(0, 1_000_000)),
     Setting("DEBUG_MODE", False, _flag),
     Setting("LOG_REQUESTS", False, _flag),
 )

@@ -184,30 +184,41 @@ class RedisCells:
 
 
 def init_app(app: Flask) -> None:
-    """Set up the shared limiter when GATEWAY_RATE_LIMIT_PER_MINUTE is above zero."""
+    """Set up the shared limiters: /v1 when GATEWAY_RATE_LIMIT_PER_MINUTE is above zero, userscript events when
+    GATEWAY_EVENT_RATE_PER_MINUTE is."""
     config = app.config
     app.extensions["ratelimit"] = None
-    if not config["GATEWAY_RATE_LIMIT_PER_MINUTE"]:
+    app.extensions["event_limit"] = None
+    on = [name for name in ("GATEWAY_RATE_LIMIT_PER_MINUTE", "GATEWAY_EVENT_RATE_PER_MINUTE") if config[name]]
+    if not on:
         return
+    # One set of cells for both: their keys never meet (events' start with "event:").
+    cells = _cells(config, on[0])
+    if config["GATEWAY_RATE_LIMIT_PER_MINUTE"]:
+        app.extensions["ratelimit"] = Limiter(
+            config["GATEWAY_RATE_LIMIT_PER_MINUTE"], config["GATEWAY_RATE_LIMIT_BURST"], cells
+        )
+    if config["GATEWAY_EVENT_RATE_PER_MINUTE"]:
+        per_minute = config["GATEWAY_EVENT_RATE_PER_MINUTE"]
+        # A minute's worth at once: a tab reports in bursts (a capture, an error, a retry), then rarely.
+        app.extensions["event_limit"] = Limiter(per_minute, per_minute, cells)
+
+
+def _cells(config, setting: str):
     if config["SESSION_STORE"] == "redis":
-        cells = RedisCells(config["REDIS_URL"], timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
-    else:
-        path = storage_file(config, FILE_NAME)
-        try:
-            cells = SQLiteCells(path)
-        except (OSError, sqlite3.Error) as exc:
-            message = f"the rate limit file {path} cannot be used: {exc}."
-            raise ConfigError(f"GATEWAY_RATE_LIMIT_PER_MINUTE: {message}") from None
-    app.extensions["ratelimit"] = Limiter(
-        config["GATEWAY_RATE_LIMIT_PER_MINUTE"], config["GATEWAY_RATE_LIMIT_BURST"], cells
-    )
+        return RedisCells(config["REDIS_URL"], timeout=config["GATEWAY_STORE_LOCK_TIMEOUT"])
+    path = storage_file(config, FILE_NAME)
+    try:
+        return SQLiteCells(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"{setting}: the rate limit file {path} cannot be used: {exc}.") from None
 
 
 def identity() -> str:
     """Return whom this request counts against: its client key (hashed; keys are never stored), else its address."""
     key = provided_key() if current_app.config["GATEWAY_API_KEYS"] else ""
     if key:
-        return "key:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return "key:" + _digest(key)
     return "addr:" + (request.remote_addr or "unknown")
 
 
@@ -236,3 +247,23 @@ def limit_client() -> None:
     def tell(response):
         response.headers.update(headers)
         return response
+
+
+def limit_events(token: str) -> None:
+    """Refuse a userscript event past GATEWAY_EVENT_RATE_PER_MINUTE for its token (or, open, its address)."""
+    limiter: Limiter | None = current_app.extensions.get("event_limit")
+    if limiter is None:
+        return
+    who = "token:" + _digest(token) if token else "addr:" + (request.remote_addr or "unknown")
+    # The cells are shared with the /v1 limit: a prefix keeps the two counts apart.
+    decision = limiter.check("event:" + who)
+    if not decision.allowed:
+        raise RateLimitError(
+            f"Too many userscript events: {limiter.per_minute} per minute per script. "
+            f"Try again in {decision.retry_after:.1f} s.",
+            retry_after=max(1.0, math.ceil(decision.retry_after)),
+        )
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:32]

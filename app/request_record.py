@@ -15,6 +15,8 @@ from .analytics import Recorder, recorder
 
 log = logging.getLogger("app.requests")
 
+# The one analytics label for every model name no provider knows (a client's typo, or a made-up name per request).
+UNKNOWN_MODEL = "(unknown)"
 # A caller's id is kept only if it cannot smuggle anything into headers or log lines.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -26,6 +28,9 @@ class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     model: str | None = None
+    # Whether the model is one the gateway knows (listed, routed, aliased, in a session's map): True, False, or None
+    # when no list can say. Analytics name only known models, so made-up names cannot grow /metrics without end.
+    model_known: bool | None = None
     provider: str | None = None
     attempts: int = 0
     domain: str | None = None
@@ -52,7 +57,7 @@ class RequestRecord:
             "domain": self.domain,
             "session_name": self.session_name,
             "provider": self.provider,
-            "model": self.model,
+            "model": self.model if self.model_known or (self.model_known is None and status < 400) else UNKNOWN_MODEL,
             "ts": time.time(),
             "stream": stream,
             "status": status,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 from flask import current_app, request
 
 from . import request_record
-from .auth import provided_key
 from .config import split_url
 from .errors import InvalidRequestError, NotFoundError
+from .providers import get_router
+from .providers.lmarena_bridge import LMArenaBridge
 from .store import Session, get_store
 from .store.base import utcnow
 
@@ -26,6 +26,8 @@ MAX_URL = 2048
 LMARENA_ID = re.compile(r"(?:[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}|null)(?::[A-Za-z]+)?")
 # Sent in an HTTP header: printable ASCII, no spaces.
 BRIDGE_KEY = re.compile(r"[!-~]{1,512}")
+# Where a userscript took the ids from: a user's Retry click, or a job the bridge's own tab ran.
+IDS_SOURCES = ("retry", "bridge_job")
 
 
 def _bad(param: str, message: str, value: Any = None, code: str = "invalid_request") -> InvalidRequestError:
@@ -96,6 +98,8 @@ def check_base_url(value: Any) -> str | None:
 def is_lmarena_id(value: str) -> bool:
     """Return whether a models map value is an LMArena model id (models.json's format) rather than a model name."""
     return LMARENA_ID.fullmatch(value) is not None
+
+
 def check_bridge_key(value: Any) -> str | None:
     """Return the api_key the session's bridge wants, or None (null or "": none, LMARENA_BRIDGE_API_KEY applies)."""
     if value in (None, ""):
@@ -124,6 +128,15 @@ def check_models(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def check_ids_source(value: Any) -> str | None:
+    """Return where the ids came from ("retry" or "bridge_job"), or None when absent or null."""
+    if value is None:
+        return None
+    if value not in IDS_SOURCES:
+        raise _bad("ids_source", f"must be one of {', '.join(IDS_SOURCES)} or null", value)
+    return value
+
+
 def parse_registration(body: dict[str, Any]) -> Session:
     """Return the Session a registration body describes, or raise InvalidRequestError."""
     return Session(
@@ -135,6 +148,7 @@ def parse_registration(body: dict[str, Any]) -> Session:
         bridge_api_key=check_bridge_key(body.get("bridge_api_key")),
         models=check_models(body.get("models")),
         pool=check_pool(body.get("pool")),
+        ids_source=check_ids_source(body.get("ids_source")),
     )
 
 
@@ -170,47 +184,6 @@ def session_from_headers() -> Session | None:
     return session
 
 
-def pool_target() -> tuple[str, str] | None:
-    """Return the (domain, pool) serving a request that names no session, or None for the default routing.
-
-    First match: X-Session-Pool (+ X-Target-Domain), the client key's GATEWAY_KEY_ROUTES, GATEWAY_DEFAULT_POOL.
-    Pools are LMArena sessions: X-Provider yupp2api bypasses them.
-    """
-    if (request.headers.get("X-Provider") or "").strip().lower() == "yupp2api":
-        return None
-    config = current_app.config
-    pool = request.headers.get("X-Session-Pool")
-    if pool is not None:
-        domain = request.headers.get("X-Target-Domain")
-        domain = check_domain(domain, "X-Target-Domain") if domain else config["GATEWAY_SESSION_DOMAINS"][0]
-        target = domain, check_name(pool, "X-Session-Pool")
-    else:
-        routes = config["GATEWAY_KEY_ROUTES"]
-        target = (routes and routes.get(provided_key())) or config["GATEWAY_DEFAULT_POOL"]
-    if target is not None:
-        request_record.current().domain = target[0]
-    return target
-
-
-# How long one process reuses a pool's member list: a new member joins, or a silent one leaves, this much later.
-MEMBERS_SECONDS = 1.0
-
-
-def pool_members(domain: str, pool: str) -> list[Session]:
-    """Return the active sessions of a pool, as listed at most MEMBERS_SECONDS ago in this process."""
-    # perf: a listing reads every session of the domain and their heartbeats (10,000 of them in the store bench);
-    # once a second per pool keeps that off the request path. Cooldowns are not cached here: the breaker reads them.
-    cache = current_app.extensions.setdefault("pool_members", {})
-    now = time.monotonic()
-    cached = cache.get((domain, pool))
-    if cached is not None and now < cached[0]:
-        return cached[1]
-    since = active_since()
-    members = [s for s in get_store().list(domain) if s.pool == pool and s.seen_since(since)]
-    cache[(domain, pool)] = (now + MEMBERS_SECONDS, members)
-    return members
-
-
 def resolve_model(session: Session | None, model: str) -> tuple[str, dict[str, str]]:
     """Return the model name to send upstream for the one a client asked for, and the fields to add to the body.
 
@@ -218,19 +191,34 @@ def resolve_model(session: Session | None, model: str) -> tuple[str, dict[str, s
     a bridge model name replaces the client's, an LMArena id goes as `target_model_id` with the name unchanged.
     Otherwise GATEWAY_MODEL_ALIASES may give another name.
     """
+    resolved = model_for(session, model)
+    if resolved is not None:
+        return resolved
+    # Only a session's models map refuses a name.
+    raise NotFoundError(
+        f"The model '{model}' is not in session '{session.session_name}' on {session.domain}; "
+        f"it serves: {', '.join(sorted(session.models))}.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def bridge_of(session: Session) -> LMArenaBridge:
+    """Return the bridge a session is bound to (its bridge_base_url and key, else the configured bridge)."""
+    return get_router().bridge_for(session.bridge_base_url, session.bridge_api_key)
+
+
+def model_for(session: Session | None, model: str) -> tuple[str, dict[str, str]] | None:
+    """Return resolve_model's answer, or None when the session's models map lacks model (a pool skips it)."""
+    aliases = current_app.config["GATEWAY_MODEL_ALIASES"]
     if session is None:
-        return current_app.config["GATEWAY_MODEL_ALIASES"].get(model, model), {}
+        return aliases.get(model, model), {}
     extra = {"session_id": session.session_id, "message_id": session.message_id}
     if not session.models:
-        return current_app.config["GATEWAY_MODEL_ALIASES"].get(model, model), extra
+        return aliases.get(model, model), extra
     target = session.models.get(model)
     if target is None:
-        raise NotFoundError(
-            f"The model '{model}' is not in session '{session.session_name}' on {session.domain}; "
-            f"it serves: {', '.join(sorted(session.models))}.",
-            param="model",
-            code="model_not_found",
-        )
+        return None
     if is_lmarena_id(target):
         extra["target_model_id"] = target
         return model, extra

@@ -37,7 +37,7 @@ AREAS = {
     ),
     "circuit breaker (app/providers/breaker.py)": ("app/providers/breaker.py",),
     "security headers (app/security_headers.py)": ("app/security_headers.py",),
-    "session lookup (app/session_rules.py)": ("app/session_rules.py",),
+    "session and pool lookup (app/session_rules.py, app/pool_rules.py)": ("app/session_rules.py", "app/pool_rules.py"),
     "JSON encode/decode": ("json/",),
 }
 

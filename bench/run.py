@@ -3,8 +3,9 @@
     bench/.venv/bin/python bench/run.py            # full run (~20 min)
     bench/.venv/bin/python bench/run.py --quick    # smoke run (a few minutes)
     bench/.venv/bin/python bench/run.py --only store
+    bench/.venv/bin/python bench/run.py --only pools --no-readme   # pool member choice per request (~3 minutes)
 
-Writes bench/results/<date>-<host>[-quick].json and the tables into bench/README.md (see that file).
+Writes bench/results/<date>-<host>[-<parts>][-quick].json and the tables into bench/README.md (see that file).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pool_bench
 import relay
 import report
 import store_bench
@@ -30,7 +32,7 @@ import tables
 from clients import WRK
 from servers import HERE, REPO
 
-PARTS = ("relay", "store", "profile")
+PARTS = ("relay", "store", "profile", "pools")
 TARGETS = ("direct", "bare-relay", "gw-waitress", "gw-gunicorn", "gw-gunicorn+session", "gw-passenger", "litellm")
 
 
@@ -57,6 +59,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python-client", action="store_true", help="use bench/loadgen.py for JSON cells too")
     parser.add_argument("--store-seconds", type=float, default=None, help="seconds per store phase (default 5)")
     parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--pool-seconds", type=float, default=None, help="seconds per pool cell (default 2, quick 0.5)")
     parser.add_argument("--profile-seconds", type=float, default=None, help="py-spy seconds (default 8, quick 4)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md's table")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles) under bench/.cache")
@@ -69,6 +72,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "rounds": 1 if quick else 3,
         "paced_concurrency": [1] if quick else [1, 8],
         "store_seconds": 2.0 if quick else 5.0,
+        "pool_seconds": 0.5 if quick else 2.0,
         "profile_seconds": 4.0 if quick else 8.0,
         "passenger_pool": max(args.concurrency),
     }
@@ -118,6 +122,7 @@ def machine(args: argparse.Namespace) -> dict:
         "concurrency": args.concurrency,
         "paced_concurrency": args.paced_concurrency,
         "passenger_pool": args.passenger_pool,
+        "pool_seconds": args.pool_seconds,
         "pinning": "load generator + mock on CPU 1, servers on CPU 0" if args.pin else "none (all share both cores)",
         "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=cache))
     meta = machine(args)
-    result: dict = {"meta": meta, "cells": [], "targets": [], "summary": [], "store": [], "profile": []}
+    result: dict = {"meta": meta, "cells": [], "targets": [], "summary": [], "store": [], "profile": [], "pools": []}
     try:
         if "relay" in args.parts or "profile" in args.parts:
             plan = relay.Plan(
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         if "store" in args.parts:
             relay.say(f"session store at {args.sessions:,} sessions ...")
             result["store"] = store_bench.run(args.sessions, args.store_seconds, workdir / "store")
+        if "pools" in args.parts:
+            relay.say(f"pool member choice at {args.sessions:,} sessions ...")
+            result["pools"] = pool_bench.run(args.sessions, args.pool_seconds, workdir / "pools", args.rounds)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -169,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = [{"target": t, "mode": m, "concurrency": c, **row} for (t, m, c), row in summary.items()]
     gateways = [t["name"] for t in result["targets"] if t["name"].startswith("gw-") and "+" not in t["name"]]
     result["goals"] = report.check_goals(summary, result["store"], gateways)
-    out = HERE / "results" / f"{time.strftime('%Y-%m-%d')}-{meta['host']}{'-quick' if args.quick else ''}.json"
+    # A run of some parts only is named after them, so it never overwrites the day's full run.
+    parts = "" if set(args.parts) == set(PARTS) else "-" + "-".join(args.parts)
+    out = HERE / "results" / f"{time.strftime('%Y-%m-%d')}-{meta['host']}{parts}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     section = tables.markdown(result)

@@ -133,6 +133,7 @@ def markdown(result: dict) -> str:
         out += ["", f"**{len(failed)} cell(s) failed** (not in the tables above):", ""]
         out += [f"- `{c['target']}` {c['mode']} c={c['concurrency']}: {c['error'][:200]!r}" for c in failed[:10]]
     out += _store_table(result.get("store") or [])
+    out += _pools_table(result.get("pools") or [])
     out += _goals_table(result.get("goals") or [])
     if result.get("profile"):
         out += [
@@ -214,6 +215,41 @@ def _store_table(store: list[dict]) -> list[str]:
         ["backend", "sessions", "lookups/s, 1 reader", "lookup p50 µs", "p99 µs", "lookups/s, 8 readers"]
         + ["lookup p99 / max µs while 1 writer"]
         + ["registrations/s, 1 writer", "p50 / p99 ms", "registrations/s, 8 writers", "p50 / p99 ms"],
+        rows,
+    )
+
+
+def _reads(counts: dict[str, float], cold: bool = False) -> str:
+    """Return the reads that reached a backend (file, SQLite, Redis), per request, with what each was."""
+    found = {k: v for k, v in counts.items() if not k.startswith(("session store:", "breaker state:"))}
+    if not found:
+        return "0"
+    total = _f(sum(found.values()), 0 if cold else 4)
+    return f"{total} ({', '.join(f'{k} {_f(v, 0 if cold else 4)}' for k, v in found.items())})"
+
+
+def _pools_table(pools: list[dict]) -> list[str]:
+    rows = []
+    for p in pools:
+        if "scenarios" not in p:
+            rows.append([p["backend"], (p.get("unavailable") or p.get("error") or "?")[:200]] + [""] * 10)
+            continue
+        for name, s in p["scenarios"].items():
+            warm, cold = s["warm_reads"], s["cold_reads"]
+            rows.append(
+                [p["backend"], f"`{name}`", str(s["members_chosen"]), _f(s["per_s"], 0)]
+                + [_f(s["p50_us"], 1), _f(s["p99_us"], 1), _signed(s["added_p50_us"]), _f(s["cold_us"] / 1000)]
+                + [_f(sum(v for k, v in warm.items() if k.startswith("session store:")), 4)]
+                + [_f(sum(v for k, v in warm.items() if k.startswith("breaker state: get")), 1)]
+                + [_reads(warm), _reads(cold, cold=True)]
+            )
+    return _table(
+        "**Pool member choice** (bench/pool_bench.py, in-process, no upstream: routing and the dispatcher's choice "
+        "per request; `session` names one session, `pool-N` a pool of N active members; added = over `session`; "
+        "reads per request: store calls, breaker records read (cached), and what reached a file, SQLite or Redis, "
+        "warm and after the caches ran out):",
+        ["backend", "routing", "members chosen", "routings/s", "p50 µs", "p99 µs", "added p50 µs", "cold ms"]
+        + ["session store calls/req", "breaker records read/req", "backend reads/req, warm", "backend reads, cold"],
         rows,
     )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
 import openai
 import pytest
+import redis
 from waitress.server import create_server
 
 from app import create_app
@@ -64,6 +66,16 @@ def yupp():
 
 
 @pytest.fixture
+def tabs():
+    """Two healthy fake bridges, as two browser tabs would run (the members of a pool)."""
+    with (
+        FakeBridge(api_key=BRIDGE_KEY, chunk_delay=0.01, reply="from tab one") as one,
+        FakeBridge(api_key=BRIDGE_KEY, chunk_delay=0.01, reply="from tab two") as two,
+    ):
+        yield one, two
+
+
+@pytest.fixture
 def with_yupp(yupp):
     """Settings that enable the fake yupp2Api beside the fake bridge."""
     return {
@@ -99,7 +111,7 @@ def app_settings(bridge_url: str, storage: Path, **overrides) -> dict:
 def close_app(app) -> None:
     """Close what an app holds open: pooled upstream connections, the analytics writer, the rate limit file."""
     app.extensions["router"].close()
-    for service in ("analytics", "ratelimit"):
+    for service in ("analytics", "ratelimit", "event_limit"):
         if app.extensions.get(service) is not None:
             app.extensions[service].close()
 
@@ -218,6 +230,21 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+# Databases 1-15 of the shared redis-server, handed out in turn (0 is left to the tests that use key prefixes).
+_REDIS_DATABASES = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """Return (url, client) for a database of the shared redis-server, emptied, as a gateway's REDIS_URL."""
+    url = f"redis://127.0.0.1:{redis_server.port}/{next(_REDIS_DATABASES)}"
+    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+    client.flushdb()
+    yield url, client
+    client.flushdb()
+    client.close()
 
 
 SESSION_ID, MESSAGE_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6", "4fa85f64-5717-4562-b3fc-2c963f66afa7"

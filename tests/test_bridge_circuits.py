@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import openai
 import pytest
+import redis
 
 from app.errors import UpstreamError
 from app.providers.breaker import Breaker
+from app.providers.lmarena_bridge import bridge_key
+from app.store.base import isoformat, parse_time
 from app.store.breaker_state import FileState
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.test_dashboard import row
@@ -199,8 +205,9 @@ def test_dashboard_lists_each_bridge(make_app, settings, bridge, other_bridge, a
     assert row(page, "bridges", bridge.url)[1:3] == ["configured", "closed"]
     dead = row(page, "bridges", dead_url)
     assert dead[1:3] == ["session", "open"] and dead[3] != "—"
-    assert dead[4:7] == [str(FAILURES)] * 3
-    assert "refused" in dead[8]
+    assert dead[4] == "—"  # not paused: only a pool pauses a bridge
+    assert dead[5:8] == [str(FAILURES)] * 3
+    assert "refused" in dead[9]
 
 
 def test_health_counts_no_bridges_when_the_bridge_is_disabled(make_app, with_yupp):
@@ -240,3 +247,74 @@ def test_bridge_circuits_in_redis(tmp_path, make_app, settings, bridge, other_br
         assert known[dead_url]["circuit"]["errors"] == FAILURES
     finally:
         server.stop()
+
+
+def age(breaker, url: str, days: float) -> None:
+    """Move every time in a bridge's circuit record days into the past, as if it had been idle since."""
+    shift = days * 86400
+
+    def older(record):
+        for stamp in ("last_success_at", "last_failure_at"):
+            if record.get(stamp):
+                record[stamp] = isoformat(parse_time(record[stamp]) - timedelta(seconds=shift))
+        for epoch in ("opened_at", "retry_at", "probe_until", "cooldown_until"):
+            if record.get(epoch):
+                record[epoch] -= shift
+        return record
+
+    assert breaker.state.update(bridge_key(url), older)[1]
+
+
+@pytest.fixture(params=["json", "redis"])
+def store_settings(request, settings, tmp_path):
+    """Settings for each breaker state: the JSON file beside the sessions, or a Redis database of its own."""
+    if request.param == "json":
+        return {**settings, "GATEWAY_CRON_TOKEN": "cron-secret"}
+    server = request.getfixturevalue("redis_server")
+    url = server.url.rsplit("/", 1)[0] + "/7"  # a database no other test uses: this test starts it empty
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    (tmp_path / "storage").mkdir(exist_ok=True)  # the secrets generated once still live there
+    return {**settings, "GATEWAY_CRON_TOKEN": "cron-secret", "SESSION_STORE": "redis", "REDIS_URL": url}
+
+
+def test_cleanup_prunes_idle_circuits_of_bridges_no_session_uses(
+    make_app, store_settings, bridge, other_bridge, auth, admin
+):
+    app = make_app(**store_settings)
+    client = app.test_client()
+    gone_url, fresh_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    register(client, admin, "alive", other_bridge.url)
+    for name, url in (("gone", gone_url), ("fresh", fresh_url)):
+        register(client, admin, name, url)
+        assert chat(client, auth, name).status_code == 502  # a record for its bridge
+        assert client.delete(f"/session/lmarena.ai/{name}", headers=admin).status_code == 200
+    assert chat(client, auth, "alive").status_code == chat(client, auth).status_code == 200
+    breaker = app.extensions["router"].breaker
+    for url in (gone_url, other_bridge.url, bridge.url):  # fresh_url's record stays recent
+        age(breaker, url, 40)
+    cron = {"X-Cron-Token": "cron-secret"}
+
+    listed = client.post("/cron/cleanup?dry_run=1", headers=cron).get_json()["circuits"]
+    assert listed == {"count": 1, "removed": [gone_url]}
+    assert gone_url in bridges(client, admin)
+
+    assert client.post("/cron/cleanup", headers=cron).get_json()["circuits"] == listed
+    assert bridge_key(gone_url) not in breaker.names()
+    # In use, configured, or recently used: kept. Another process sees the same.
+    known = bridges(make_app(**store_settings).test_client(), admin)
+    assert set(known) == {bridge.url, other_bridge.url, fresh_url}
+    assert known[other_bridge.url]["circuit"]["requests"] == 1
+    assert client.post("/cron/cleanup", headers=cron).get_json()["circuits"] == {"count": 0, "removed": []}
+
+
+def test_a_circuit_used_after_the_listing_is_not_pruned(tmp_path):
+    breaker = Breaker(FileState(str(tmp_path / "providers.json")), failures=2, cooldown=30)
+    for name in ("old", "revived"):
+        breaker.failure(name, UpstreamError("down"))
+        breaker.state.update(name, lambda r: {**r, "last_failure_at": "2000-01-01T00:00:00Z", "opened_at": 0})
+    cutoff = time.time() - 86400
+    assert breaker.forget(["old", "revived"], cutoff, dry_run=True) == ["old", "revived"]
+    breaker.success("revived", 5.0)  # a request between the listing and the removal
+    assert breaker.forget(["old", "revived"], cutoff) == ["old"]
+    assert breaker.names() == ["revived"]

@@ -58,6 +58,13 @@ def test_gateway_env_file_points_at_another_dotenv(tmp_path):
         ("YUPP2API_MAX_RETRIES", "99", "0 to 10"),
         ("DEBUG_MODE", "maybe", "true or false"),
         ("LMARENA_BRIDGE_MODELS_FILE", "/nonexistent/models.json", "not readable"),
+        ("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", "http://127.0.0.1:8080", "host or host:port"),
+        ("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", "127.0.0.1:8080/images", "host or host:port"),
+        ("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", "127.0.0.1:99999", "host or host:port"),
+        ("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", "[::1", "host or host:port"),
+        ("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", "user@127.0.0.1", "host or host:port"),
+        ("GATEWAY_IMAGE_FETCH_ALLOW_HOSTS", "bad host", "host or host:port"),
+        ("GATEWAY_IMAGE_FETCH_TIMEOUT", "0", "positive"),
     ],
 )
 def test_bad_value_fails_naming_the_setting(name, value, words):
@@ -72,6 +79,18 @@ def test_model_aliases_are_pairs_trimmed_and_blank_is_none():
     assert settings["GATEWAY_MODEL_ALIASES"] == {"gpt-4o": "gpt-5", "pic": "nano-banana"}
     assert load_settings(environ={"GATEWAY_MODEL_ALIASES": " "})["GATEWAY_MODEL_ALIASES"] == {}
     assert load_settings(environ={})["GATEWAY_MODEL_ALIASES"] == {}
+
+
+def test_image_fetch_allow_hosts_are_host_and_port_pairs():
+    value = " 127.0.0.1:8080 , LOCALHOST. ,::1,[0:0::1]:8443,, 127.0.0.2"
+    assert load_settings(environ={"GATEWAY_IMAGE_FETCH_ALLOW_HOSTS": value})["GATEWAY_IMAGE_FETCH_ALLOW_HOSTS"] == {
+        ("127.0.0.1", 8080),
+        ("localhost", None),  # None: any port
+        ("::1", None),
+        ("::1", 8443),
+        ("127.0.0.2", None),
+    }
+    assert load_settings(environ={})["GATEWAY_IMAGE_FETCH_ALLOW_HOSTS"] == frozenset()
 
 
 def test_bad_model_aliases_stop_the_app_at_startup():

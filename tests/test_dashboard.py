@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ADMIN_KEY
 from tests.conftest import MESSAGE_ID as MID
 from tests.conftest import SESSION_ID as SID
+from tests.helpers.forms import post_form
 from tests.upstreams.script import Status
 
 HI = [{"role": "user", "content": "Say hello"}]
@@ -50,9 +51,9 @@ def test_a_wrong_key_is_refused_without_a_cookie(traffic, caplog):
     response = sign_in(traffic, "sk-admin-wrong")
     assert response.status_code == 401
     assert "not the admin key" in text(response)
-    assert "Set-Cookie" not in response.headers
+    assert "gateway_dashboard=" not in response.headers.get("Set-Cookie", "")
     assert "sk-admin-wrong" not in caplog.text
-    assert sign_in(traffic, "").status_code == 401
+    assert post_form(traffic, "/dashboard", "/dashboard/login", {"admin_key": ""}).status_code == 401
 
 
 def test_signing_in_sets_a_strict_httponly_cookie_and_shows_the_page(traffic):
@@ -79,7 +80,8 @@ def test_the_page_counts_the_real_requests(traffic):
     assert int(cells[5]) >= 0 and cells[7] != "—"  # p50 latency, and the stream's time to first byte
     session = row(page, "sessions", "lmarena.ai")
     assert session[1:3] == ["team-a", "active"]
-    assert session[6:8] == ["1", "0"]  # the one request sent with X-Session-Name, and no errors
+    assert session[4] == "—"  # registered with the admin key, without saying where the ids came from
+    assert session[7:9] == ["1", "0"]  # the one request sent with X-Session-Name, and no errors
     assert re.search(r'id="session-counts">1 / 1<', html)
 
 
@@ -117,7 +119,7 @@ def test_forged_expired_and_stale_cookies_are_refused(make_app, traffic):
 
 def test_sign_out_forgets_the_cookie(traffic):
     sign_in(traffic)
-    response = traffic.post("/dashboard/logout")
+    response = post_form(traffic, "/dashboard", "/dashboard/logout", {})
     assert response.status_code == 303
     assert "gateway_dashboard=;" in response.headers["Set-Cookie"]
     assert traffic.get("/dashboard").status_code == 401
@@ -157,12 +159,19 @@ def test_with_analytics_off_it_still_shows_providers_and_sessions(make_app, admi
     client.post(
         "/session/register",
         headers=admin,
-        json={"domain": "canary.lmarena.ai", "session_name": "night", "session_id": SID, "message_id": MID},
+        json={
+            "domain": "canary.lmarena.ai",
+            "session_name": "night",
+            "session_id": SID,
+            "message_id": MID,
+            "ids_source": "bridge_job",
+        },
     )
     page = client.get("/dashboard", headers=admin)
     assert page.status_code == 200
     assert "Analytics are off" in text(page) and "Requests over time" not in text(page)
     assert row(page, "sessions", "canary.lmarena.ai")[1] == "night"
+    assert row(page, "sessions", "canary.lmarena.ai")[4] == "bridge_job"
     assert row(page, "providers", "lmarena_bridge")[3] == "closed"
 
 
@@ -171,7 +180,9 @@ def test_an_open_gateway_shows_the_page_with_a_warning(make_app):
     page = client.get("/dashboard")
     assert page.status_code == 200
     assert "No GATEWAY_ADMIN_KEY is set" in text(page)
-    assert client.post("/dashboard/login", data={}).status_code == 303
+    # Nothing to sign in to, and a post without the page's CSRF token is refused like any forged one.
+    forged = client.post("/dashboard/login", data={})
+    assert forged.status_code == 403 and forged.get_json()["error"]["code"] == "csrf_failed"
 
 
 def test_refresh_is_bounded_and_can_be_turned_off(traffic, admin):

@@ -77,8 +77,10 @@ def test_images_bridge_error_is_translated(openai_client, bridge):
     assert caught.value.status_code == 503
 
 
-def test_images_b64_json_downloads_the_image(openai_client, bridge):
+def test_images_b64_json_downloads_the_image(serve, openai_for, bridge):
     with ImageHost() as host:
+        # A loopback http:// image host must be allow-listed (tests/test_image_fetch.py: what is refused, and why).
+        client = openai_for(serve(GATEWAY_IMAGE_FETCH_ALLOW_HOSTS=host.url.removeprefix("http://")))
         bridge.image_url = host.url + "/img/{:04d}.png"
-        result = openai_client.images.generate(model="nano-banana", prompt="a cat", response_format="b64_json")
+        result = client.images.generate(model="nano-banana", prompt="a cat", response_format="b64_json")
     assert base64.b64decode(result.data[0].b64_json) == PNG

@@ -63,3 +63,21 @@ def test_images_alias_to_a_text_model_is_400(serve, openai_for, bridge, tmp_path
         gateway.images.generate(model="pic", prompt="a cat")
     assert caught.value.body["code"] == "model_not_image"
     assert _chats(bridge) == []
+
+
+def test_models_lists_aliases_whose_target_is_served(serve, openai_for, with_yupp, yupp):
+    gateway = openai_for(serve(**with_yupp, GATEWAY_MODEL_ALIASES="gpt-4o=GPT-4o-mini,smart=gpt-5,gone=no-such-model"))
+    models = {m.id: m for m in gateway.models.list()}
+    assert models["gpt-4o"].owned_by == "yupp2api" and models["smart"].owned_by == "lmarena_bridge"
+    assert models["smart"].created == models["gpt-5"].created
+    assert "gone" not in models  # chat would answer it 404: the list does not offer it
+    assert gateway.models.retrieve("smart").id == "smart"
+    bridge_only = {m.id for m in gateway.models.list(extra_headers={"X-Provider": "bridge_direct"})}
+    assert "smart" in bridge_only and "gpt-4o" not in bridge_only
+
+
+def test_a_served_name_aliased_to_an_unserved_one_is_not_listed(serve, openai_for, bridge):
+    gateway = openai_for(serve(GATEWAY_MODEL_ALIASES="gpt-5=no-such-model"))
+    assert "gpt-5" not in {m.id for m in gateway.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        gateway.chat.completions.create(model="gpt-5", messages=HI)

@@ -296,6 +296,10 @@ def test_openapi_hostile_inputs_conform(gateway):
 @pytest.mark.slow  # schemathesis: every operation, generated cases against a live gateway
 @schema.parametrize()
 def test_openapi_gateway_conforms(case, gateway):
+    # waitress answers a transfer coding it does not know with 501 before the gateway sees the request (RFC 9112
+    # section 6.1): the server's protocol answer, not the gateway's, so generated ones are left out.
+    for name in [h for h in (case.headers or {}) if h.lower() == "transfer-encoding"]:
+        del case.headers[name]
     response = case.call_and_validate(base_url=gateway.url, allow_redirects=False)
     assert response.status_code != 500, response.text
     if response.status_code >= 500:

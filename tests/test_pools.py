@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
+import openai
 import pytest
 
 from app import registration_tokens
 from app.config import ConfigError, load_settings
 from app.providers.lmarena_bridge import bridge_key
+from app.store import Session, get_store
 from tests.conftest import CLIENT_KEY
 from tests.helpers.redis_server import free_port
+from tests.test_dashboard import row
 from tests.upstreams.fake_bridge import FakeBridge
 from tests.upstreams.script import Status
 
@@ -21,20 +25,12 @@ ROUTED_KEY = "sk-gw-routed=="  # ends in '=': the key is what stands before the 
 POOL = {"X-Session-Pool": "team"}
 
 
-@pytest.fixture
-def tabs():
-    """Two healthy bridges, as two browser tabs would run."""
-    with (
-        FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab one") as one,
-        FakeBridge(api_key="sk-lmab-test", chunk_delay=0.01, reply="from tab two") as two,
-    ):
-        yield one, two
-
-
-def register(client, admin, name, ids, bridge_url, pool="team", domain="lmarena.ai"):
+def register(client, admin, name, ids, bridge_url, pool="team", domain="lmarena.ai", models=None):
     body = {"domain": domain, "session_name": name, "session_id": ids[0], "message_id": ids[1], "pool": pool}
     if bridge_url:
         body["bridge_base_url"] = bridge_url
+    if models:
+        body["models"] = models
     response = client.post("/session/register", json=body, headers=admin)
     assert response.status_code in (200, 201), response.get_json()
     return response.get_json()["session"]
@@ -73,9 +69,8 @@ def test_pool_spreads_requests_over_its_members(app, client, admin, auth, tabs, 
     assert chats(bridge) == []
 
 
-
 def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(client, admin, auth, tabs):
-    from app.session_rules import MEMBERS_SECONDS
+    from app.pool_rules import MEMBERS_SECONDS
 
     one, two = tabs
     register(client, admin, "tab-one", A, one.url)
@@ -84,6 +79,7 @@ def test_a_member_registered_after_pool_requests_joins_within_the_listing_cache(
     time.sleep(MEMBERS_SECONDS + 0.1)
     answers = {text_of(chat(client, {**auth, **POOL})) for _ in range(4)}
     assert answers == {"from tab one", "from tab two"}
+
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
@@ -291,3 +287,87 @@ def test_rate_limit_outside_a_pool_says_when_the_pause_ends_and_pools_honour_it(
     # The pause is the tab's, whichever request found it: the pool passes it over.
     assert {text_of(chat(client, {**auth, **POOL})) for _ in range(4)} == {"from tab two"}
     assert len(chats(limited)) == 1
+
+
+def image(gateway, **headers):
+    return gateway.images.generate(model="nano-banana", prompt="a cat", extra_headers={**POOL, **headers})
+
+
+@pytest.mark.parametrize("fault", [{"no_browser": True}, {"marker": "error"}], ids=["no-browser", "lmarena-429"])
+def test_images_in_a_pool_move_past_a_member_out_and_pause_it(serve, openai_for, admin, tabs, fault):
+    server = serve()
+    one, two = tabs
+    for fake in tabs:
+        fake.image_url = fake.url + "/img/{:04d}.png"
+    enrol(server.app.test_client(), admin, one.url, two.url)
+    for name, value in fault.items():
+        setattr(one, name, value)
+    gateway = openai_for(server)
+    for _ in range(3):
+        assert image(gateway).data[0].url.startswith(two.url)
+    assert len(chats(one)) == 1  # paused after its one failure, as for chat
+    assert {r.json["session_id"] for r in chats(two)} == {B[0]}
+    assert 50 < server.app.extensions["router"].breaker.cooldown_left(bridge_key(one.url)) <= 60
+
+
+def test_images_in_a_pool_take_turns_one_call_per_image(serve, openai_for, admin, tabs):
+    server = serve()
+    for fake in tabs:
+        fake.image_url = fake.url + "/img/{:04d}.png"
+    enrol(server.app.test_client(), admin, *(t.url for t in tabs))
+    result = openai_for(server).images.generate(model="nano-banana", prompt="two cats", n=2, extra_headers=POOL)
+    assert sorted(d.url.rsplit("/img/", 1)[0] for d in result.data) == sorted(t.url for t in tabs)
+
+
+def test_images_in_a_pool_with_every_member_out_is_one_429_then_503_without_members(serve, openai_for, admin, tabs):
+    server = serve(GATEWAY_POOL_COOLDOWN_SECONDS=40)
+    one, two = tabs
+    enrol(server.app.test_client(), admin, one.url, two.url)
+    one.no_browser, two.marker = True, "error"
+    gateway = openai_for(server)
+    with pytest.raises(openai.RateLimitError) as caught:
+        image(gateway)
+    assert caught.value.body["code"] == "pool_exhausted"
+    assert 35 <= int(caught.value.response.headers["Retry-After"]) <= 40
+    assert len(chats(one)) == len(chats(two)) == 1
+    with pytest.raises(openai.InternalServerError) as empty:
+        image(gateway, **{"X-Session-Pool": "nobody"})
+    assert empty.value.status_code == 503 and empty.value.body["code"] == "pool_empty"
+
+
+def test_status_and_dashboard_show_each_member_paused_until_when_and_why(client, admin, auth, tabs):
+    one, two = tabs
+    enrol(client, admin, one.url, two.url)
+    register(client, admin, "quiet", B, two.url, pool="spare")
+    one.no_browser = True
+    for _ in range(3):
+        assert chat(client, {**auth, **POOL}).status_code == 200
+    status = client.get("/providers/status", headers=admin).get_json()
+    assert [(p["domain"], p["pool"]) for p in status["pools"]] == [("lmarena.ai", "spare"), ("lmarena.ai", "team")]
+    members = {m["session_name"]: m for m in status["pools"][1]["members"]}
+    paused, ready = members["tab-one"], members["tab-two"]
+    assert (paused["state"], paused["base_url"], paused["active"]) == ("paused", one.url, True)
+    left = datetime.fromisoformat(paused["cooldown_until"]) - datetime.now(UTC)
+    assert timedelta(seconds=50) < left <= timedelta(seconds=60)
+    assert paused["last_error"]["code"] == "bridge_no_browser" and (paused["requests"], paused["errors"]) == (0, 0)
+    assert (ready["state"], ready["cooldown_until"], ready["last_error"], ready["requests"]) == ("ready", None, None, 3)
+    # The same bridge in the bridges list carries the pause too.
+    bridges = next(p for p in status["data"] if p["name"] == "lmarena_bridge")["bridges"]
+    assert next(b for b in bridges if b["base_url"] == one.url)["circuit"]["cooldown_until"] == paused["cooldown_until"]
+    page = client.get("/dashboard", headers=admin)
+    cells = row(page, "pools", "tab-one")
+    assert cells[1:5] == ["team", "lmarena.ai", "paused", one.url] and cells[5] != "—"
+    assert "no browser" in cells[8]
+    assert row(page, "pools", "tab-two")[3] == "ready"
+    # /health counts bridges; it names no member, pool or URL.
+    health = client.get("/health").get_data(as_text=True)
+    assert one.url not in health and two.url not in health and "tab-one" not in health and "team" not in health
+
+
+def test_a_member_without_heartbeat_shows_inactive(app, client, admin, tabs):
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with app.app_context():
+        session = Session("lmarena.ai", "tab-one", *A, bridge_base_url=tabs[0].url, pool="team")
+        get_store().register(session, now=an_hour_ago, limit=100, active_since=an_hour_ago)
+    member = client.get("/providers/status", headers=admin).get_json()["pools"][0]["members"][0]
+    assert (member["session_name"], member["state"], member["active"]) == ("tab-one", "inactive", False)

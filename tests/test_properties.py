@@ -495,7 +495,7 @@ class ImageHost(FakeUpstream):
         h.send_body(200, b"\x89PNG\r\n\x1a\n", "image/png")
 
 
-def test_images_endpoint_answers_any_body_with_success_or_openai_error(client, bridge, auth):
+def test_images_endpoint_answers_any_body_with_success_or_openai_error(make_app, bridge, auth):
     bridge.chunk_delay = bridge.response_delay = 0
 
     @settings(REPRODUCIBLE, max_examples=100)
@@ -506,6 +506,7 @@ def test_images_endpoint_answers_any_body_with_success_or_openai_error(client, b
         assert_answer(response, upstream_codes=frozenset({"no_image_returned"}))
 
     with ImageHost() as host:
+        client = make_app(GATEWAY_IMAGE_FETCH_ALLOW_HOSTS=host.url.removeprefix("http://")).test_client()
         bridge.image_url = host.url + "/generated/{:04d}.png"
         check()
 

@@ -36,7 +36,8 @@ any_tokens = st.text() | st.builds("v1.{}.{}".format, st.text(max_size=20), st.t
 )
 def test_regtoken_scope_reads_back_only_genuine_tokens(secret, other, name, domains, data):
     token = registration_tokens.mint(secret, name, domains)
-    assert registration_tokens.scope(secret, token) == (name, domains)
+    found = registration_tokens.scope(secret, token)
+    assert (found.session_name, found.domains) == (name, domains)
     if other != secret:
         assert registration_tokens.scope(secret, registration_tokens.mint(other, name, domains)) is None
     at = data.draw(st.integers(0, len(token) - 1))

@@ -139,5 +139,5 @@ def test_html_pages_forbid_framing_scripts_and_foreign_loads(gateway, path):
     csp = dict(part.strip().split(" ", 1) for part in answer.headers["Content-Security-Policy"].split(";"))
     assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'" and "script-src" not in csp
     assert answer.headers["X-Frame-Options"] == "DENY"
-    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    assert answer.headers["Referrer-Policy"] == "same-origin"
     assert not re.search(r"<script\b", answer.get_data(as_text=True))

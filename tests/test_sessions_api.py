@@ -82,6 +82,12 @@ HOSTILE = [
     ("models", {"gpt-5": "x" * 257}),
     ("models", {"gpt-5": "gpt-5\r\nX-Injected: 1"}),
     ("models", {"a\tb": "gpt-5"}),
+    ("ids_source", "click"),
+    ("ids_source", "Retry"),
+    ("ids_source", "bridge_job\n"),
+    ("ids_source", ""),
+    ("ids_source", 1),
+    ("ids_source", ["retry"]),
 ]
 
 
@@ -115,6 +121,18 @@ def test_register_accepts_bridge_names_and_lmarena_ids_as_map_values(client, adm
     response = client.post("/session/register", headers=admin, json=body(models=models))
     assert response.status_code == 201
     assert response.get_json()["session"]["models"] == models
+
+
+@pytest.mark.parametrize("source", ["retry", "bridge_job"])
+def test_ids_source_is_stored_shown_and_cleared_by_a_registration_without_it(client, admin, source):
+    registered = client.post("/session/register", json=body(ids_source=source), headers=admin)
+    assert registered.status_code == 201 and registered.get_json()["session"]["ids_source"] == source
+    assert client.get("/session/lmarena.ai/team-a", headers=admin).get_json()["session"]["ids_source"] == source
+    assert [s["ids_source"] for s in client.get("/session/list", headers=admin).get_json()["data"]] == [source]
+    # The source describes the ids sent with it: new ids from nobody knows where are not "retry" or "bridge_job".
+    again = client.post("/session/register", json=body(message_id=str(uuid.uuid4())), headers=admin)
+    assert again.get_json()["session"]["ids_source"] is None
+    assert client.post("/session/register", json=body(ids_source=None), headers=admin).status_code == 200
 
 
 def test_register_domain_is_case_insensitive(client, admin):

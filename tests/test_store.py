@@ -208,3 +208,25 @@ def test_sessions_stored_before_bridge_keys_load(store, tmp_path):
     assert (old.bridge_base_url, old.bridge_api_key) == ("http://127.0.0.1:5202", None)
     assert [s.to_dict()["bridge_api_key_set"] for s in store.list()] == [False]
     assert _reregister(store, "old").bridge_api_key is None
+
+
+def test_ids_source_is_stored_replaced_on_reregistration_and_absent_from_old_records(store):
+    reg(store, make(ids_source="bridge_job"))
+    assert store.get("lmarena.ai", "s1").ids_source == "bridge_job"
+    assert [s.to_dict()["ids_source"] for s in store.list()] == ["bridge_job"]
+    # Not kept like the admin's fields: it belongs to the ids it came with.
+    assert _reregister(store, ids_source="retry").ids_source == "retry"
+    assert _reregister(store).ids_source is None
+    reg(store, make("old", ids_source="retry"))
+    if isinstance(store, JsonSessionStore):
+        raw = json.loads(Path(store.path).read_text())
+        del raw["sessions"]["lmarena.ai"]["old"]["ids_source"]
+        Path(store.path).write_text(json.dumps(raw))
+    else:
+        key = store._keys("lmarena.ai", "old")[0]
+        record = json.loads(store.client.hget(key, "record"))
+        del record["ids_source"]
+        store.client.hset(key, "record", json.dumps(record))
+    assert store.get("lmarena.ai", "old").ids_source is None
+    assert store.get("lmarena.ai", "old").to_dict()["ids_source"] is None
+    assert _reregister(store, "old", ids_source="bridge_job").ids_source == "bridge_job"

@@ -183,6 +183,16 @@ def test_token_registers_and_heartbeats_its_own_session_only(client, admin):
     assert client.delete("/session/lmarena.ai/team-a", headers={"X-Registration-Token": token}).status_code == 401
 
 
+def test_token_may_say_where_the_ids_came_from(client, admin):
+    token = token_of(raw_script(client, admin))
+    registered = register(client, token, ids_source="bridge_job")
+    assert registered.status_code == 201 and registered.get_json()["session"]["ids_source"] == "bridge_job"
+    refused = register(client, token, ids_source="admin")
+    assert refused.status_code == 400 and refused.get_json()["error"]["param"] == "ids_source"
+    shown = client.get("/session/lmarena.ai/team-a", headers=admin).get_json()["session"]
+    assert shown["ids_source"] == "bridge_job"
+
+
 def test_tampered_or_rotated_tokens_are_refused(make_app, client, admin):
     token = token_of(raw_script(client, admin))
     prefix, payload, signature = token.split(".")

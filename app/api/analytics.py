@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -12,6 +13,7 @@ from ..analytics import recorder
 from ..analytics.prometheus import CONTENT_TYPE, render
 from ..auth import ADMIN, IN_VIEW, METRICS, Guard, require_session
 from ..errors import InvalidRequestError, NotFoundError
+from ..ratelimit import limit_events
 from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
 
@@ -56,6 +58,9 @@ def sessions():
 
 EVENT_KINDS = ("capture", "heartbeat", "error", "info")
 MAX_EVENT_BODY = 8 * 1024
+# What the script reports (a step, a status, an attempt number) fits in a few dozen characters; the rest is noise
+# that would fill the events table.
+MAX_DETAIL = 1024
 
 
 @bp.post("/analytics/event")
@@ -63,13 +68,17 @@ def custom_event():
     """Record a userscript's event (capture, heartbeat, error, info) for its session; token-scoped like register."""
     body = read_json_body(MAX_EVENT_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
-    require_session(domain, name)
+    if require_session(domain, name) is not None or not current_app.config["GATEWAY_ADMIN_KEY"]:
+        # A script's events (or anyone's, on an open gateway) are counted; the admin's are not.
+        limit_events(request.headers.get("X-Registration-Token", "").strip())
     kind = body.get("kind")
     if kind not in EVENT_KINDS:
         raise InvalidRequestError(f"'kind' must be one of {', '.join(EVENT_KINDS)}.", param="kind")
     detail = body.get("detail")
     if detail is not None and not isinstance(detail, (dict, str)):
         raise InvalidRequestError("'detail' must be an object or a string.", param="detail")
+    if detail is not None and len(json.dumps(detail, ensure_ascii=False)) > MAX_DETAIL:
+        raise InvalidRequestError(f"'detail' must be at most {MAX_DETAIL} characters as JSON.", param="detail")
     target = recorder()
     if target is None:
         raise NotFoundError("Analytics are off (GATEWAY_ENABLE_SESSION_ANALYTICS=false).", code="analytics_disabled")

@@ -7,10 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from .. import analytics, request_record, sse
+from ..pool_rules import pool_sends, pool_target
 from ..providers import get_router
 from ..providers.base import ChatRequest
 from ..relay import Opening, relay
-from ..session_rules import pool_members, pool_target, resolve_model, session_from_headers
+from ..session_rules import resolve_model, session_from_headers
 from ..usage import fill_usage
 from ..validation import parse_chat_request, read_json_body
 
@@ -23,26 +24,29 @@ def create_chat_completion():
     chat = parse_chat_request(read_json_body(), current_app.config["GATEWAY_MAX_MESSAGES"])
     session = session_from_headers()
     target = None if session else pool_target()
-    upstream_model, extra = resolve_model(session, chat.model)
-    chat.extra.update(extra)
-    chat.upstream_model = upstream_model
     record = request_record.current()
     record.model = chat.model  # the client's name, alias or not: answers and analytics speak of what was asked for
     router = get_router()
-    # Routed by the name the upstream will be asked for: providers list that one, not the client's alias.
     selector = request.headers.get("X-Provider")
     pool = None
     if target is not None:
-        # Each member's ids go in the body as it is tried; the pool's members share GATEWAY_MODEL_ALIASES.
-        plan, pool = router.plan_pool(upstream_model, selector, *target, pool_members(*target))
+        # Each member is sent the model as its own map (or GATEWAY_MODEL_ALIASES) says, with its ids, as it is tried.
+        plan, pool = router.plan_pool(selector, *target, pool_sends(*target, chat.model))
     else:
+        chat.upstream_model, extra = resolve_model(session, chat.model)
+        chat.extra.update(extra)
+        # Routed by the name the upstream will be asked for: providers list that one, not the client's alias.
         plan = router.plan(
-            upstream_model,
+            chat.upstream_model,
             selector,
             session and session.bridge_base_url,
             session is not None,
             session_key=session and session.bridge_api_key,
         )
+    # After planning, which consulted the model lists it needed: knowing costs no upstream call. A pool plan means
+    # some member accepts the model.
+    aliased = pool is not None or chat.upstream_model != chat.model or (session and session.models)
+    record.model_known = True if aliased else router.knows(chat.upstream_model)
     dispatcher = router.dispatcher(plan, pool)
     if chat.stream:
         return _stream(Opening(dispatcher, chat, current_app.config["GATEWAY_SSE_KEEPALIVE_SECONDS"]), record)

@@ -1,4 +1,4 @@
-"""/dashboard: one server-rendered page of charts, provider status and sessions, behind the admin key."""
+"""/dashboard: one server-rendered page of charts, provider and pool status and sessions, behind the admin key."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..analytics import recorder
 from ..analytics.charts import bucket_layout, latency_chart, requests_chart
 from ..auth import COOKIE, DASHBOARD, IN_VIEW, Guard, admin_key_ok, dashboard_cookie
 from ..errors import AnalyticsError, AuthenticationError, InvalidRequestError, StoreError
+from ..pool_rules import pool_status
 from ..providers import get_router
 from ..security_headers import PAGE_HEADERS
 from ..session_rules import active_since
@@ -78,6 +79,7 @@ def index():
         "cookie_session": bool(request.cookies.get(COOKIE)),
         "error": error,
         "providers": get_router().status(),
+        **_pools(),
         **_traffic(window),
     }
     page.update(_sessions(page.pop("usage")))
@@ -157,6 +159,14 @@ def _traffic(window: float) -> dict[str, Any]:
         usage={(row["domain"], row["session_name"]): row for row in usage},
     )
     return result
+
+
+def _pools() -> dict[str, Any]:
+    """Return every pool's members and their state, or why the session store cannot say."""
+    try:
+        return {"pools": pool_status(), "pools_note": None}
+    except StoreError as exc:
+        return {"pools": [], "pools_note": exc.message}
 
 
 def _sessions(usage: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""GET /providers/status: each provider's settings, circuit state and recent health (admin key when set)."""
+"""GET /providers/status: each provider's settings, each bridge's circuit, each pool member's state (admin key)."""
 
 from __future__ import annotations
 
 from flask import Blueprint
 
 from ..auth import ADMIN, Guard
+from ..errors import StoreError
+from ..pool_rules import pool_status
 from ..providers import get_router
 
 bp = Blueprint("providers", __name__, url_prefix="/providers")
@@ -13,5 +15,10 @@ bp.before_request(Guard(ADMIN))
 
 @bp.get("/status")
 def status():
-    """Show every provider: enabled, base URL (no secrets), circuit state, last success/failure, latency, models."""
-    return {"object": "list", "data": get_router().status()}
+    """Show every provider and bridge (base URL, no secrets; circuit, cooldown, counts) and every pool's members."""
+    body = {"object": "list", "data": get_router().status()}
+    try:
+        body["pools"] = pool_status()
+    except StoreError as exc:  # the providers' part needs no session store: show it anyway
+        body["pools"], body["pools_error"] = [], exc.message
+    return body

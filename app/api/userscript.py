@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,13 +13,40 @@ from .. import registration_tokens
 from ..auth import form_admin_key_ok, script_token
 from ..errors import AuthenticationError, InvalidRequestError
 from ..security_headers import PAGE_HEADERS
-from ..session_rules import check_domain, check_name
+from ..session_rules import check_base_url, check_bridge_key, check_domain, check_name, check_pool
 from ..version import __version__
 
 bp = Blueprint("userscript", __name__, url_prefix="/userscript")
 
 HEARTBEAT_RANGE = (10, 3600)
 MAX_ATTEMPTS = 6
+
+
+@dataclass
+class Binding:
+    """Where a generated script's session is sent: baked into its token, the key kept on the server."""
+
+    bridge_base_url: str | None = None
+    pool: str | None = None
+    bridge_api_key: str | None = field(default=None, repr=False)
+
+
+def parse_binding(values) -> Binding:
+    """Return the bridge URL, pool and key a generation form or query asks for; raise InvalidRequestError if bad."""
+    if request.args.get("bridge_api_key"):
+        # A key in the URL lands in access logs and browser history; the form posts it in the body.
+        raise InvalidRequestError(
+            "Send 'bridge_api_key' in a POST form body, never in the URL.", param="bridge_api_key"
+        )
+    binding = Binding(
+        check_base_url(values.get("bridge_base_url")),
+        check_pool(values.get("pool")),
+        check_bridge_key(request.form.get("bridge_api_key")),
+    )
+    if binding.bridge_api_key and not binding.bridge_base_url:
+        # A key belongs to one bridge; the default bridge has LMARENA_BRIDGE_API_KEY.
+        raise InvalidRequestError("'bridge_api_key' needs 'bridge_base_url'.", param="bridge_api_key")
+    return binding
 
 
 @dataclass
@@ -136,6 +164,7 @@ def _generate(advanced: bool):
         return render_template("userscript/install.html", **page), 200, PAGE_HEADERS
     try:
         options = parse_options(values)
+        binding = parse_binding(values)
     except InvalidRequestError as exc:
         if _wants_script():
             raise
@@ -149,13 +178,21 @@ def _generate(advanced: bool):
             else "That admin key is not right."
         )
         return render_template("userscript/install.html", **page, error=error), 401, PAGE_HEADERS
-    token = registration_tokens.mint(current_app.extensions["regtoken_secret"], options.session_name, options.domains)
+    token, expires = registration_tokens.issue(options.session_name, options.domains, **asdict(binding))
     script = render_script(options, token)
     if _wants_script():
         return _script_response(script, options.session_name)
     install_url = url_for("userscript.script", session_name=options.session_name, **options.query(), token=token)
     return (
-        render_template("userscript/install.html", **page, options=options, script=script, install_url=install_url),
+        render_template(
+            "userscript/install.html",
+            **page,
+            options=options,
+            binding=binding,
+            expires=datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            script=script,
+            install_url=install_url,
+        ),
         200,
         PAGE_HEADERS,
     )
@@ -175,9 +212,9 @@ def advanced_generate():
 
 @bp.get("/<session_name>.user.js")
 def script(session_name: str):
-    """Serve the script Tampermonkey installs and later updates from; the token in the URL authorises it."""
+    """Serve the script Tampermonkey installs and later updates from, with the token its URL carries."""
     options = parse_options(request.args, session_name)
-    token = script_token(options.session_name, options.domains) or registration_tokens.mint(
-        current_app.extensions["regtoken_secret"], options.session_name, options.domains
-    )
+    token = script_token(options.session_name, options.domains)
+    if token is None:
+        token, _ = registration_tokens.issue(options.session_name, options.domains)
     return _script_response(render_script(options, token), options.session_name)

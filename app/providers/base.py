@@ -160,6 +160,11 @@ class Provider:
             self._known_models = (version, ids)
         return ids
 
+    def cached_models(self) -> frozenset[str] | None:
+        """Return the ids known_models() last found, without asking the upstream (None before it has found any)."""
+        known = getattr(self, "_known_models", None)
+        return known[1] if known is not None else None
+
     def health(self) -> dict[str, Any]:
         """Return {"ok": bool, ...} from a quick, bounded look at the upstream."""
         raise NotImplementedError

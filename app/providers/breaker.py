@@ -9,7 +9,7 @@ from datetime import UTC
 from typing import Any
 
 from ..errors import GatewayError, StoreError
-from ..store.base import isoformat, utcnow
+from ..store.base import isoformat, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,12 @@ class Breaker:
         record = self._get(name)
         state = record.get("state", CLOSED)
         retry_at = record.get("retry_at") if state == OPEN else None
+        paused_until = record.get("cooldown_until", 0)
         return {
             "state": state,
             "consecutive_failures": record.get("failures", 0),
             "retry_at": isoformat(_from_epoch(retry_at)) if retry_at else None,
+            "cooldown_until": isoformat(_from_epoch(paused_until)) if paused_until > time.time() else None,
             "last_success_at": record.get("last_success_at"),
             "last_failure_at": record.get("last_failure_at"),
             "last_error": record.get("last_error"),
@@ -185,15 +187,43 @@ class Breaker:
         until = record.get("retry_at", 0) if state == OPEN else record.get("probe_until", 0)
         return max(0.0, until - time.time())
 
-    def cool_down(self, name: str, seconds: float) -> None:
-        """Pause a bridge (its browser tab) for seconds, in the circuit's record; the circuit itself is unchanged."""
-        until = time.time() + seconds
-        self._update(name, lambda current: {**current, "cooldown_until": max(until, current.get("cooldown_until", 0))})
+    def cool_down(self, name: str, seconds: float, error: GatewayError | None = None) -> None:
+        """Pause a bridge (its browser tab) for seconds, noting why, in the circuit's record; the circuit is unchanged.
+
+        The error becomes the record's last error, for the admin; it counts neither as a failure nor as an error.
+        """
+        until, stamp = time.time() + seconds, isoformat(utcnow())
+
+        def pause(current):
+            record = {**current, "cooldown_until": max(until, current.get("cooldown_until", 0))}
+            if error is not None:
+                record.update(last_failure_at=stamp, last_error={"code": error.code, "message": error.message[:300]})
+            return record
+
+        self._update(name, pause)
 
     def cooldown_left(self, name: str) -> float | None:
         """Return seconds until a bridge in cooldown returns, or None (one cached read, as allow())."""
         left = self._get(name).get("cooldown_until", 0) - time.time()
         return left if left > 0 else None
+
+    def forget(self, names: list[str], idle_before: float, dry_run: bool = False) -> list[str]:
+        """Remove (or, dry_run, only list) the records of names not active since idle_before (epoch seconds).
+
+        Checked again under the record's lock (or Redis transaction): one that a request used meanwhile stays.
+        """
+        if dry_run:
+            return [name for name in names if _last_active(self._get(name)) < idle_before]
+        try:
+            gone = self.state.remove(names, lambda record: _last_active(record) < idle_before)
+        except StoreError as exc:
+            log.warning("old circuit records not removed: %s", exc.message)
+            return []
+        with self._lock:
+            for name in gone:
+                self._flushed.pop(name, None)
+                self._samples.pop(name, None)
+        return gone
 
     def _get(self, name: str) -> dict[str, Any]:
         try:
@@ -214,6 +244,13 @@ def _probe_due(record: dict[str, Any], now: float) -> bool:
         return now >= record.get("retry_at", 0)
     # A probe that never reported back (its process died) frees the slot when its lease ends.
     return state == HALF_OPEN and now >= record.get("probe_until", 0)
+
+
+def _last_active(record: dict[str, Any]) -> float:
+    """Return when a record last saw a request, a failure or a pause (epoch seconds; 0 when it says nothing)."""
+    stamps = [parse_time(record[k]).timestamp() for k in ("last_success_at", "last_failure_at") if record.get(k)]
+    stamps += [record.get(k) or 0 for k in ("opened_at", "retry_at", "probe_until", "cooldown_until")]
+    return max(stamps, default=0.0)
 
 
 def _from_epoch(seconds: float):

@@ -114,7 +114,7 @@ class Dispatcher:
         """Return (provider, completion) from the first provider that answers."""
 
         def attempt(provider: Provider, timeout: float) -> Waiting[dict]:
-            self._member_ids(provider, chat)
+            self._for_member(provider, chat)
             return provider.chat(chat, timeout)
             yield  # a generator that never waits: a JSON answer sends no keep-alives
 
@@ -134,7 +134,7 @@ class Dispatcher:
         """
 
         def attempt(provider: Provider, timeout: float) -> Waiting[OpenedStream]:
-            self._member_ids(provider, chat)
+            self._for_member(provider, chat)
             timer = StreamTimer(first_byte=timeout, idle=provider.settings.idle_timeout)
             stream = provider.stream(chat, timer)
             held: list[Chunk] = []
@@ -158,9 +158,9 @@ class Dispatcher:
 
         return (yield from self._run(attempt, beat))[1]
 
-    def _member_ids(self, provider: Provider, chat: ChatRequest) -> None:
+    def _for_member(self, provider: Provider, chat: ChatRequest) -> None:
         if self.pool is not None:
-            chat.extra.update(self.pool.ids_for(provider))
+            self.pool.prepare(provider, chat)
 
     def _count(self, key: str) -> bool:
         """Return whether this is the request's first report for the circuit key (and note it)."""

@@ -7,11 +7,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import GatewayError, RateLimitError, UpstreamUnavailable
 from ..store.base import Session
-from .base import Provider
+from .base import ChatRequest, Provider
 from .breaker import Breaker
 from .lmarena_bridge import LMArenaBridge
 
@@ -71,26 +71,35 @@ def pause(breaker: Breaker, bridge: Provider, verdict: Outcome, error: GatewayEr
     if not (verdict.cooldown and bridge.tab):
         return  # yupp2Api drives no tab: nothing to pause
     seconds = max(cooldown, error.retry_after or 0.0)
-    breaker.cool_down(bridge.breaker_key, seconds)
+    breaker.cool_down(bridge.breaker_key, seconds, error)
     log.info("%s paused for %g s (%s)", bridge.public_url, seconds, error.code)
     if not verdict.counts:
         error.retry_after = seconds
 
 
+class Member(NamedTuple):
+    """A pool's session that accepts the request's model: the model name it is sent and its body fields."""
+
+    session: Session
+    model: str
+    fields: dict[str, str]  # its LMArena ids (harmless to a bridge that ignores them), maybe a target_model_id
+
+
 @dataclass
 class PoolRequest:
-    """One request's walk over a pool: its members' bridges in order, and their ids."""
+    """One request's walk over a pool: its members' bridges in order, and what each is sent."""
 
     domain: str
     name: str
     members: list[LMArenaBridge]  # in the order to try, those in cooldown left out
     every: list[LMArenaBridge]  # every member, for the soonest return when all are out
-    ids: dict[str, dict[str, str]]
+    sends: dict[str, Member]  # by the bridge's circuit name
     breaker: Breaker
 
-    def ids_for(self, bridge: LMArenaBridge) -> dict[str, str]:
-        """Return the body fields of the member at bridge (its LMArena ids: harmless to a bridge that ignores them)."""
-        return self.ids.get(bridge.breaker_key, {})
+    def prepare(self, bridge: LMArenaBridge, chat: ChatRequest) -> None:
+        """Set the model name and body fields chat carries to the member at bridge (each member's own map)."""
+        member = self.sends[bridge.breaker_key]
+        chat.upstream_model, chat.extra = member.model, dict(member.fields)
 
     def cooling(self, bridge: LMArenaBridge) -> bool:
         """Return whether the member was paused since the plan was made (another request, maybe another process)."""
@@ -130,21 +139,21 @@ class Pools:
         self,
         domain: str,
         name: str,
-        sessions: Iterable[Session],
+        accepting: Iterable[Member],
         bridge_for: Callable[[str | None, str | None], LMArenaBridge],
     ) -> PoolRequest:
-        """Return the walk for one request: members not in cooldown, starting at this pool's next turn.
+        """Return the walk for one request: the members accepting its model, not in cooldown, from the next turn.
 
         :raise GatewayError: 503 pool_empty without an active member, 429 pool_exhausted when all are paused.
         """
         members: dict[str, LMArenaBridge] = {}
-        ids: dict[str, dict[str, str]] = {}
-        for session in sorted(sessions, key=lambda s: s.session_name):
-            bridge = bridge_for(session.bridge_base_url, session.bridge_api_key)
+        sends: dict[str, Member] = {}
+        for member in sorted(accepting, key=lambda m: m.session.session_name):
+            bridge = bridge_for(member.session.bridge_base_url, member.session.bridge_api_key)
             # One bridge is one browser tab: two sessions on it are one member.
             if bridge.breaker_key not in members:
                 members[bridge.breaker_key] = bridge
-                ids[bridge.breaker_key] = {"session_id": session.session_id, "message_id": session.message_id}
+                sends[bridge.breaker_key] = member
         if not members:
             raise empty(domain, name)
         with self._lock:
@@ -153,7 +162,7 @@ class Pools:
         start = turn % len(ordered)
         ordered = ordered[start:] + ordered[:start]
         ready = [b for b in ordered if self.breaker.cooldown_left(b.breaker_key) is None]
-        walk = PoolRequest(domain, name, ready, ordered, ids, self.breaker)
+        walk = PoolRequest(domain, name, ready, ordered, sends, self.breaker)
         if not ready:
             raise walk.exhausted(None) or empty(domain, name)
         return walk

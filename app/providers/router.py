@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..config import PROVIDER_NAMES
@@ -13,8 +14,9 @@ from .base import Provider
 from .breaker import CLOSED, Breaker
 from .bridge_pool import BridgePool
 from .dispatch import Dispatcher, RetryPolicy
-from .lmarena_bridge import LMArenaBridge, bridge_url
-from .pools import PoolRequest, Pools
+from .lmarena_bridge import LMArenaBridge, bridge_key, bridge_url
+from .pools import Member, PoolRequest, Pools
+from .transport import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +126,28 @@ class Router:
         # Providers whose circuit is open go last: they are tried only when their probe is due.
         return sorted(candidates, key=lambda p: self.breaker.retry_in(p.breaker_key) is not None)
 
+    def knows(self, model: str) -> bool | None:
+        """Return whether a route or a provider's model list names model; None when some list cannot say.
+
+        Only lists already fetched count: this never asks an upstream.
+        """
+        if model in self.routes:
+            return True
+        undecided = False
+        for provider in self.providers:
+            ids = provider.cached_models()
+            if ids is None:
+                undecided = True
+            elif model in ids:
+                return True
+        return None if undecided else False
+
     def plan_pool(
-        self, model: str, selector: str | None, domain: str, name: str, sessions: list
+        self, selector: str | None, domain: str, name: str, members: list[Member]
     ) -> tuple[list[Provider], PoolRequest]:
         """Return the member bridges a pool request tries, in this turn's order, and the request's walk."""
-        self.plan(model, selector, session=True)  # the same X-Provider checks as a session's
-        walk = self.pools.request(domain, name, sessions, self.bridge_for)
+        self.plan("", selector, session=True)  # the same X-Provider checks as a session's
+        walk = self.pools.request(domain, name, members, self.bridge_for)
         return list(walk.members), walk
 
     def dispatcher(self, plan: list[Provider], pool: PoolRequest | None = None) -> Dispatcher:
@@ -193,6 +211,24 @@ class Router:
             for key, (url, source) in self.known_bridges().items()
         ]
 
+    def circuit_of(self, base_url: str | None) -> tuple[str, str]:
+        """Return the public URL and circuit name of the bridge at base_url (a session's), or the configured one's."""
+        # The configured bridge even when disabled: sessions registered before keep their status rows.
+        configured = self.bridges.default if self.bridges is not None else self.bridge
+        url = redact_url(base_url) if base_url else configured.public_url
+        return url, bridge_key(url)
+
+    def prune_bridges(self, in_use: Iterable[str | None], idle_before: float, dry_run: bool = False) -> list[str]:
+        """Remove (or list) the circuit records of bridges idle since idle_before that nothing here uses any more.
+
+        in_use holds the sessions' bridge_base_url values; the configured bridge and providers are always kept.
+        Return the public URLs of the bridges whose records went.
+        """
+        keep = {p.breaker_key for p in self.all_providers} | {self.circuit_of(url)[1] for url in in_use}
+        stale = [key for key in self.breaker.names() if bridge_url(key) is not None and key not in keep]
+        gone = self.breaker.forget(stale, idle_before, dry_run)
+        return [url for key in gone if (url := bridge_url(key)) is not None]
+
     def bridge_counts(self) -> dict[str, int]:
         """Return how many known bridges have a closed circuit, of how many (no URLs: /health shows this)."""
         expires, counts = self._bridge_counts
@@ -236,4 +272,3 @@ class Router:
             provider.close()
         if self.bridges is not None:
             self.bridges.close()
-

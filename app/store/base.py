@@ -47,6 +47,9 @@ class Session:
     models: dict[str, str] = field(default_factory=dict)
     # The pool it serves in (X-Session-Pool, GATEWAY_KEY_ROUTES), or None; sessions stored before pools load as None.
     pool: str | None = None
+    # What the ids were taken from: "retry" (a user's Retry click) or "bridge_job" (a request the bridge's tab sent);
+    # None when the registration did not say, and for sessions stored before it was recorded.
+    ids_source: str | None = None
     created_at: str = ""
     updated_at: str = ""
     last_seen_at: str = ""

@@ -1,4 +1,4 @@
-"""Small records every gateway process must agree on (circuit breakers), in the storage folder or in Redis."""
+"""Small records every gateway process must agree on (circuit breakers, token state), in the storage folder or Redis."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ class FileState:
     # perf: a stat of the file on each of a request's two breaker reads was 3-9% of its samples (bench/ profiles).
     CACHE_SECONDS = 0.5  # as RedisState: another process's change shows within half a second
 
-    def __init__(self, path: str, lock_timeout: float = 10.0) -> None:
-        # Breaker state is cheap to lose on a power cut, so no fsync: changes stay quick under failure storms.
-        self.file = LockedJsonFile(path, "providers", lock_timeout=lock_timeout, durable=False)
+    def __init__(
+        self, path: str, lock_timeout: float = 10.0, *, kind: str = "providers", durable: bool = False
+    ) -> None:
+        # Breaker state is cheap to lose on a power cut, so no fsync by default: changes stay quick under failure
+        # storms. Token state (revocations) must survive one: it asks for durable.
+        self.file = LockedJsonFile(path, kind, lock_timeout=lock_timeout, durable=durable)
         self._table: Record = {}
         self._fresh_until = 0.0
 
@@ -59,6 +62,19 @@ class FileState:
         finally:
             self._fresh_until = 0.0  # this process sees its own change at once
 
+    def remove(self, names: list[str], still: Callable[[Record], bool]) -> list[str]:
+        """Remove the records of names for which still(record) holds under the lock; return those removed."""
+
+        def apply(table):
+            gone = [name for name in names if name in table and still(table[name])]
+            kept = {name: record for name, record in table.items() if name not in gone}
+            return (kept if gone else None), gone
+
+        try:
+            return self.file.change(apply)
+        finally:
+            self._fresh_until = 0.0
+
 
 class RedisState:
     """Records as JSON strings in Redis; changes are optimistic transactions (WATCH/MULTI), retried on conflict."""
@@ -66,12 +82,13 @@ class RedisState:
     CACHE_SECONDS = 0.5
     ATTEMPTS = 20
 
-    def __init__(self, url: str, prefix: str = "lmgw:", timeout: float = 5.0) -> None:
+    def __init__(self, url: str, prefix: str = "lmgw:", timeout: float = 5.0, *, kind: str = "provider") -> None:
         import redis
 
         self._redis = redis
         self.client = redis_client.connect(url, timeout)
         self.prefix = prefix
+        self.kind = kind
         self._cache: dict[str, tuple[float, Record]] = {}
 
     def get(self, name: str) -> Record:
@@ -79,7 +96,7 @@ class RedisState:
         if cached and time.monotonic() < cached[0]:
             return cached[1]
         try:
-            raw = self.client.get(self.prefix + "provider:" + name)
+            raw = self.client.get(self.prefix + self.kind + ":" + name)
         except (self._redis.exceptions.RedisError, OSError):
             return cached[1] if cached else {}  # the breaker must not take the gateway down with Redis
         record = json.loads(raw) if raw else {}
@@ -88,15 +105,15 @@ class RedisState:
 
     def names(self) -> list[str]:
         """Return the name of every record (a SCAN: for status pages, not the request path)."""
-        start = self.prefix + "provider:"
+        start = self.prefix + self.kind + ":"
         try:
             keys = self.client.scan_iter(match=_glob_escape(start) + "*", count=500)
             return [(key.decode() if isinstance(key, bytes) else key)[len(start) :] for key in keys]
         except (self._redis.exceptions.RedisError, OSError) as exc:
-            raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
+            raise StoreError(f"Redis is unavailable for {self.kind} state ({type(exc).__name__}).") from None
 
     def update(self, name: str, change: Change) -> tuple[Record, bool]:
-        key = self.prefix + "provider:" + name
+        key = self.prefix + self.kind + ":" + name
         try:
             with self.client.pipeline() as pipe:
                 for _ in range(self.ATTEMPTS):
@@ -116,8 +133,35 @@ class RedisState:
                     except self._redis.WatchError:
                         continue
         except (self._redis.exceptions.RedisError, OSError) as exc:
+            raise StoreError(f"Redis is unavailable for {self.kind} state ({type(exc).__name__}).") from None
+        raise StoreError(f"The {self.kind} state kept changing under concurrent updates; try again.", code="store_busy")
+
+    def remove(self, names: list[str], still: Callable[[Record], bool]) -> list[str]:
+        """Remove the records of names for which still(record) holds, each in a transaction; return those removed."""
+        gone = []
+        try:
+            with self.client.pipeline() as pipe:
+                for name in names:
+                    key = self.prefix + "provider:" + name
+                    for _ in range(self.ATTEMPTS):
+                        try:
+                            pipe.watch(key)
+                            raw = pipe.get(key)
+                            if not raw or not still(json.loads(raw)):
+                                pipe.unwatch()
+                                break
+                            pipe.multi()
+                            pipe.delete(key)
+                            pipe.execute()
+                            gone.append(name)
+                            break
+                        except self._redis.WatchError:
+                            continue  # changed meanwhile: look at it again
+        except (self._redis.exceptions.RedisError, OSError) as exc:
             raise StoreError(f"Redis is unavailable for provider state ({type(exc).__name__}).") from None
-        raise StoreError("Provider state kept changing under concurrent updates; try again.", code="store_busy")
+        for name in gone:
+            self._cache.pop(name, None)
+        return gone
 
 
 def _glob_escape(text: str) -> str:

@@ -2,7 +2,7 @@
 // @name         LMArena Gateway session: {{ session_name }}
 // @namespace    {{ gateway_url }}
 // @version      {{ version }}
-// @description  Captures LMArena session and message ids when you click "Retry" and registers them with your gateway as session "{{ session_name }}".
+// @description  Captures LMArena session and message ids when you click "Retry" (or when the LMArenaBridge userscript in this tab runs a job) and registers them with your gateway as session "{{ session_name }}".
 {% for domain in domains -%}
 // @match        https://{{ domain }}/*
 {% endfor -%}
@@ -31,7 +31,13 @@
 
   const RETRY = /\/nextjs-api\/stream\/retry-evaluation-session-message\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/messages\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/i;
   const STORE_KEY = "lmgw:" + host + ":" + CONFIG.session_name;
-  const state = { ids: null, registered: false, attempts: 0, timer: null, heartbeat: null, badge: null };
+  // ids: what the gateway should hold. registered: the ids already registered from this page ("sid/mid"), so the
+  // same ids never go twice. pending: the ids being registered (or waiting for a retry). bridgeSeen: a job of
+  // LMArenaBridge's userscript ran in this tab, so its ids are the ones that matter from now on.
+  const state = {
+    ids: null, registered: new Set(), pending: null, bridgeSeen: false,
+    attempts: 0, timer: null, heartbeat: null, badge: null
+  };
 
   function log() {
     if (CONFIG.debug) {
@@ -77,19 +83,34 @@
          function () {});
   }
 
+  function key(ids) {
+    return ids.session_id + "/" + ids.message_id;
+  }
+
   function register() {
     if (!state.ids) {
       return;
     }
+    const ids = state.ids;
     clearTimeout(state.timer);
     state.attempts += 1;
+    state.pending = key(ids);
     showStatus("busy", "registering…");
-    send("/session/register", {
-      domain: host, session_name: CONFIG.session_name,
-      session_id: state.ids.session_id, message_id: state.ids.message_id
-    }, function (ok, response) {
+    const body = {
+      domain: host, session_name: CONFIG.session_name, session_id: ids.session_id, message_id: ids.message_id
+    };
+    if (ids.ids_source) {
+      body.ids_source = ids.ids_source;
+    }
+    send("/session/register", body, function (ok, response) {
       if (ok) {
-        state.registered = true;
+        state.registered.add(key(ids));
+      }
+      if (state.ids !== ids) {
+        return;  // other ids were captured meanwhile and are being registered
+      }
+      if (ok) {
+        state.pending = null;
         state.attempts = 0;
         showStatus("ok", "registered");
         startHeartbeat();
@@ -105,6 +126,8 @@
       if (CONFIG.auto_retry && retryable && state.attempts < CONFIG.max_attempts) {
         const delay = Math.min(60000, 2000 * Math.pow(2, state.attempts - 1));
         state.timer = setTimeout(register, delay);
+      } else {
+        state.pending = null;  // given up: the next capture of these ids tries again
       }
     });
   }
@@ -131,12 +154,25 @@
     if (!match) {
       return;
     }
-    const ids = { session_id: match[1].toLowerCase(), message_id: match[2].toLowerCase() };
-    if (state.ids && state.ids.session_id === ids.session_id && state.ids.message_id === ids.message_id && state.registered) {
+    // LMArenaBridge's userscript sets this page-wide flag just before each job's fetch and clears it when the job's
+    // stream ends; its own wrapper reads it the same way. (A Retry click while a job streams counts as the job's.)
+    const source = page.isApiBridgeRequest === true ? "bridge_job" : "retry";
+    const ids = { session_id: match[1].toLowerCase(), message_id: match[2].toLowerCase(), ids_source: source };
+    if (source === "bridge_job") {
+      state.bridgeSeen = true;
+    }
+    if (state.registered.has(key(ids)) || state.pending === key(ids)) {
+      log("already registered", ids);
+      return;
+    }
+    if (source === "retry" && state.bridgeSeen) {
+      // The bridge keeps sending its own ids whatever the user clicks: registering these would point the gateway at
+      // a conversation the bridge does not use. A bridge job with new ids (the bridge re-pointed) is registered.
+      log("not registering a Retry click after a bridge job in this tab", ids, "the bridge uses", state.ids);
       return;
     }
     log("captured", ids);
-    report("capture", { path: "retry-evaluation-session-message" });
+    report("capture", { path: "retry-evaluation-session-message", ids_source: source });
     state.ids = ids;
     state.attempts = 0;
     if (CONFIG.persist) {
@@ -145,6 +181,7 @@
     register();
   }
 
+  // The promise returned is the wrapped fetch's own, untouched: the bridge reads its job's stream from it.
   const originalFetch = page.fetch;
   page.fetch = function (input) {
     try {
@@ -168,7 +205,9 @@
         const saved = JSON.parse(GM_getValue(STORE_KEY, "null"));
         if (saved && saved.session_id && saved.message_id) {
           log("restored", saved);
-          state.ids = saved;
+          // Saved before the source was recorded: none is sent.
+          const source = saved.ids_source === "retry" || saved.ids_source === "bridge_job" ? saved.ids_source : null;
+          state.ids = { session_id: saved.session_id, message_id: saved.message_id, ids_source: source };
           register();
         }
       } catch (e) { log("restore failed", e); }

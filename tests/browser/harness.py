@@ -15,7 +15,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -87,6 +87,7 @@ class UserscriptRun:
     page_errors: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     unsupported_grants: list[str] = field(default_factory=list)
+    companion_runs: list[tuple[str, str]] = field(default_factory=list)  # (@name, URL) each time a companion ran
     title: str = ""
     text: str = ""
     page: Page | None = None
@@ -204,24 +205,34 @@ class Chromium:
         *,
         values: dict[str, Any] | None = None,
         timeout: float | None = None,
+        before: Sequence[str] = (),
+        after: Sequence[str] = (),
     ) -> UserscriptRun:
         """Open `page_url` with the userscript installed, run `actions(page, run)` (sync or async), return the run.
 
         `values` seeds the GM_*Value store; `run.values` holds it afterwards (seed the next run with it to play a
-        browser restart). Raises TimeoutError when the whole run takes longer than `timeout` seconds.
+        browser restart). `before` and `after` are other userscripts installed beside it (`@grant none` only), placed
+        before or after it in Tampermonkey's order: of scripts with the same @run-at, the earlier runs first.
+        Raises TimeoutError when the whole run takes longer than `timeout` seconds.
         """
         meta = parse_metadata(script_source)
         run = UserscriptRun(meta, page_url, dict(values or {}))
         run.unsupported_grants = [grant for grant in meta.grants if grant not in GM_API]
-        self._call(self._run(run, script_source, actions), timeout or self.timeout)
+        companions = ([_checked(s) for s in before], [_checked(s) for s in after])
+        self._call(self._run(run, script_source, actions, companions), timeout or self.timeout)
         return run
 
-    async def _run(self, run: UserscriptRun, source: str, actions: Actions | None) -> None:
+    async def _run(
+        self, run: UserscriptRun, source: str, actions: Actions | None, companions: tuple[list, list] = ([], [])
+    ) -> None:
         assert self._browser is not None
         context = await self._browser.new_context(ignore_https_errors=True, viewport=VIEWPORT)
         try:
             context.set_default_timeout(10_000)
-            await self._install(context, run, source)
+            before, after = [[await self._companion(context, run, *c) for c in side] for side in companions]
+            for companion in before:
+                await companion.install()
+            await self._install(context, run, source, after)
             page = run.page = await context.new_page()
             page.on("console", lambda m: run.console.append(ConsoleMessage(m.type, m.text, m.location.get("url", ""))))
             page.on("pageerror", lambda error: run.page_errors.append(str(error)))
@@ -237,7 +248,22 @@ class Chromium:
             run.page = None
             await context.close()
 
-    async def _install(self, context: BrowserContext, run: UserscriptRun, source: str) -> None:
+    async def _companion(
+        self, context: BrowserContext, run: UserscriptRun, meta: Metadata, source: str
+    ) -> _CompanionScript:
+        token = secrets.token_hex(8)
+        bindings = {name: f"__tmHarness_{name}_{token}" for name in ("xhr", "value", "event")}
+
+        def on_event(_source: dict[str, Any], event: dict[str, Any]) -> None:
+            if event.get("type") == "ran":
+                run.companion_runs.append((meta.name, event["url"]))
+
+        await context.expose_binding(bindings["event"], on_event)
+        return _CompanionScript(context, build_init_script(meta, source, {}, token, bindings))
+
+    async def _install(
+        self, context: BrowserContext, run: UserscriptRun, source: str, after: Sequence[_CompanionScript] = ()
+    ) -> None:
         token = secrets.token_hex(8)
         bindings = {name: f"__tmHarness_{name}_{token}" for name in ("xhr", "value", "event")}
         installed: list[Any] = []
@@ -251,6 +277,8 @@ class Chromium:
                 await installed.pop().close()
             installed.append(handle)
             run.live_values = hasattr(handle, "close")
+            for companion in after:  # re-added behind it, so they stay after it in Tampermonkey's order
+                await companion.install()
 
         async def on_value(_source: dict[str, Any], change: dict[str, Any]) -> None:
             run.pending += 1
@@ -338,6 +366,27 @@ class Chromium:
             return Snapshot(page.url, status, await page.title(), text, path, errors, console, requested)
         finally:
             await context.close()
+
+
+class _CompanionScript:
+    """A companion userscript's init script, which can be added again (behind the scripts added since)."""
+
+    def __init__(self, context: BrowserContext, script: str) -> None:
+        self.context, self.script, self.handle = context, script, None
+
+    async def install(self) -> None:
+        """Add the init script; remove the copy added before, when Playwright can (>= 1.60)."""
+        handle = await self.context.add_init_script(script=self.script)
+        if hasattr(self.handle, "close"):
+            await self.handle.close()
+        self.handle = handle
+
+
+def _checked(source: str) -> tuple[Metadata, str]:
+    meta = parse_metadata(source)
+    if meta.sandboxed:
+        raise ValueError(f"companion userscript {meta.name!r}: the harness runs them with @grant none only")
+    return meta, source
 
 
 def run_userscript(

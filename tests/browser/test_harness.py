@@ -314,3 +314,34 @@ def test_one_shot_run_userscript_waits_for_run_at(lmarena) -> None:
 
     assert run.console_text() == "ready=interactive button=true"
     assert run.executions == ["https://canary.lmarena.ai/c/1"] and run.unsupported_grants == []
+
+
+def _order_probe(name: str, *meta: str) -> str:
+    """Return a userscript that appends its name to the page's window.__ran."""
+    page = "(typeof unsafeWindow !== 'undefined' ? unsafeWindow : window)"
+    body = f"{page}.__ran = ({page}.__ran || []).concat([{name!r}]);"
+    header = (f"name {name}", "match https://lmarena.ai/*", "run-at document-start", *meta)
+    lines = "".join(f"// @{line}\n" for line in header)
+    return f"// ==UserScript==\n{lines}// ==/UserScript==\n{body}\n"
+
+
+def test_companions_run_before_and_after_the_script_and_keep_their_place(chromium) -> None:
+    main = _order_probe("main", "grant GM_setValue", "grant unsafeWindow").replace(
+        ".concat(['main']);", ".concat(['main']); GM_setValue('runs', (window.__ran || []).length);"
+    )
+    orders = []
+
+    async def actions(page, run) -> None:
+        orders.append(await page.evaluate("window.__ran"))
+        await run.wait_for(lambda: "runs" in run.values)  # the main script was installed again with its values
+        await page.reload()
+        orders.append(await page.evaluate("window.__ran"))
+
+    run = chromium.run_userscript(
+        main, "https://lmarena.ai/", actions, before=[_order_probe("first")], after=[_order_probe("last")]
+    )
+    assert orders == [["first", "main", "last"]] * 2
+    assert run.companion_runs == [("first", "https://lmarena.ai/"), ("last", "https://lmarena.ai/")] * 2
+    assert run.executions == ["https://lmarena.ai/"] * 2
+    with pytest.raises(ValueError, match="@grant none only"):
+        chromium.run_userscript(main, after=[_order_probe("sandboxed", "grant GM_setValue")])

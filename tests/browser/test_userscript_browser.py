@@ -121,6 +121,7 @@ def test_ids_persist_across_a_browser_restart(live, chromium, lmarena):
 
     second = chromium.run_userscript(script, "https://lmarena.ai/", no_click, values=first.values)
     assert registered(second)[0].json["session_id"] == lmarena.session_id
+    assert registered(second)[0].json["ids_source"] == "retry"  # remembered with the ids
     assert ("lmarena.ai", "team-a") in sessions(live.url)
 
 
