@@ -349,7 +349,8 @@ def test_status_and_dashboard_show_each_member_paused_until_when_and_why(client,
     assert (paused["state"], paused["base_url"], paused["active"]) == ("paused", one.url, True)
     left = datetime.fromisoformat(paused["cooldown_until"]) - datetime.now(UTC)
     assert timedelta(seconds=50) < left <= timedelta(seconds=60)
-    assert paused["last_error"]["code"] == "bridge_no_browser" and (paused["requests"], paused["errors"]) == (0, 0)
+    # The bridge answered (its tab had no browser): a request, and no error of the bridge's.
+    assert paused["last_error"]["code"] == "bridge_no_browser" and (paused["requests"], paused["errors"]) == (1, 0)
     assert (ready["state"], ready["cooldown_until"], ready["last_error"], ready["requests"]) == ("ready", None, None, 3)
     # The same bridge in the bridges list carries the pause too.
     bridges = next(p for p in status["data"] if p["name"] == "lmarena_bridge")["bridges"]
