@@ -147,9 +147,8 @@ def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
             tail.append(chunks.usage_frame())
     except Exception as exc:  # providers raise GatewayError; anything else is logged as a bug
         error: GatewayError = ensure_gateway_error(exc, "the upstream")
-        if opening.opened is not None:
-            opening.dispatcher.failed_after_start(opening.opened.provider, error)
-        else:
+        # After content, a failure counts against no circuit (the outcome table): nothing to tell the breaker.
+        if opening.opened is None:
             record.served_by(opening.dispatcher.last_provider)  # who was asked last, as a refused JSON answer says
         record.error_code = error.code
         log.info("stream ended with error: %s", error.code)

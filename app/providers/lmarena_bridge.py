@@ -47,7 +47,8 @@ def _bridge_error(text: str) -> GatewayError:
     said = f" (bridge said: {text})"
     status = _LMARENA_STATUS.search(text)
     if status and status.group(1) == "429":
-        return RateLimitError("lmarena.ai is rate-limiting this session; retry later" + said, retry_after=30)
+        # lmarena.ai's 429 comes without a Retry-After: the outcome table's cooldown sets it (dispatch.py).
+        return RateLimitError("lmarena.ai is rate-limiting this session; retry later" + said)
     if any(marker in text for marker in _CLOUDFLARE):
         return UpstreamUnavailable(
             "lmarena.ai asked for a human (Cloudflare) check; the bridge is reloading the page, retry in a few seconds"
@@ -94,6 +95,7 @@ class LMArenaBridge(OpenAICompatible):
     name = "lmarena_bridge"
     label = "LMArena Bridge"
     selector = "bridge_direct"
+    tab = True
     stream_class = BridgeStream
     # The bridge has no /health; /v1/models needs no key, and 404 there only means models.json is empty.
     health_ok = frozenset({200, 404})
