@@ -193,8 +193,9 @@ def dashboard_cookie(expires: int) -> str:
 
 def _cookie_ok(value: str) -> bool:
     expires, _, signature = value.partition(".")
-    # isdigit() alone admits digits such as '²' that int() refuses: a forged cookie must not be a 500.
-    if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
+    # isdigit() alone admits digits such as '²' that int() refuses, and int() refuses over 4,300 digits: a forged
+    # cookie must not be a 500. Genuine ones carry a Unix time, 10 digits until the year 2286.
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
         return False
     # compare_digest refuses non-ASCII text, and no genuine cookie has any.
     expected = dashboard_cookie(int(expires)).partition(".")[2]
