@@ -3,72 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import openai
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**settings: str) -> dict[str, str]:
-    keep = ("GATEWAY_ANALYTICS_PATH",)  # set per test by conftest, like STORAGE_PATH
-    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("LMARENA_", "GATEWAY_"))}
-    env.update(GATEWAY_ENV_FILE="", **settings)
-    return env
-
-
-class Gateway:
-    """A `python -m app` process; output holds what it printed once it has stopped."""
-
-    def __init__(self, process: subprocess.Popen, port: int) -> None:
-        self.process, self.port, self.output = process, port, ""
-
-
-@contextmanager
-def run_gateway(bridge, **settings: str) -> Iterator[Gateway]:
-    """Start `python -m app` against the fake bridge, wait for /health, stop it afterwards."""
-    port = _free_port()
-    env = _env(
-        GATEWAY_PORT=str(port),
-        LMARENA_BRIDGE_BASE_URL=bridge.url,
-        LMARENA_BRIDGE_API_KEY="sk-lmab-test",
-        GATEWAY_API_KEYS="sk-run",
-        **settings,
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    gateway = Gateway(process, port)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        yield gateway
-    finally:
-        process.terminate()
-        gateway.output, _ = process.communicate(timeout=10)
+from tests.helpers.gateway_process import ROOT, gateway_env, run_gateway
 
 
 def test_run_command_serves_openai_api_on_loopback(bridge):
-    with run_gateway(bridge) as gateway:
+    with run_gateway(bridge.url) as gateway:
         port = gateway.port
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-run", max_retries=0) as client:
             text = "".join(
@@ -100,7 +46,7 @@ def _head_only(port: int, length: int) -> bytes:
 
 def test_run_command_refuses_a_body_over_the_limit_before_reading_it(bridge):
     limit = 1024 * 1024
-    with run_gateway(bridge, GATEWAY_MAX_BODY_BYTES=str(limit)) as gateway:
+    with run_gateway(bridge.url, GATEWAY_MAX_BODY_BYTES=str(limit)) as gateway:
         # 3 MB announced, not one byte sent: the answer comes at once, so nothing was waiting for (or reading) them.
         assert _head_only(gateway.port, 3 * limit).startswith(b"HTTP/1.1 413 ")
         # Just over the limit, sent whole: the gateway's own 413, in OpenAI's shape.
@@ -120,7 +66,7 @@ def test_run_command_exits_with_setting_name_on_bad_config():
     result = subprocess.run(
         [sys.executable, "-m", "app"],
         cwd=ROOT,
-        env=_env(LMARENA_BRIDGE_TIMEOUT="soon"),
+        env=gateway_env(LMARENA_BRIDGE_TIMEOUT="soon"),
         capture_output=True,
         text=True,
         timeout=30,
