@@ -11,7 +11,17 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import analytics, auth, providers, ratelimit, registration_tokens, request_record, security_headers, store
+from . import (
+    analytics,
+    auth,
+    inflight,
+    providers,
+    ratelimit,
+    registration_tokens,
+    request_record,
+    security_headers,
+    store,
+)
 from .api import register_blueprints
 from .cli import register_commands
 from .config import ROOT, load_settings
@@ -62,7 +72,7 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up the session store, signing secrets, analytics, rate limit, providers and CORS."""
+    """Set up the session store, signing secrets, analytics, rate and in-flight limits, providers and CORS."""
     app.extensions["started"] = time.monotonic()
     store.init_app(app)
     registration_tokens.init_app(app)
@@ -70,6 +80,7 @@ def register_services(app: Flask) -> None:
     analytics.init_app(app)
     request_record.init_app(app)
     ratelimit.init_app(app)
+    inflight.init_app(app)
     providers.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:
