@@ -20,6 +20,7 @@ from . import (
     registration_tokens,
     request_record,
     security_headers,
+    storage_folder,
     store,
 )
 from .api import register_blueprints
@@ -72,8 +73,9 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up the session store, signing secrets, analytics, rate and in-flight limits, providers and CORS."""
+    """Set up the private storage folder, session store, signing secrets, analytics, limits, providers and CORS."""
     app.extensions["started"] = time.monotonic()
+    storage_folder.init_app(app)
     store.init_app(app)
     registration_tokens.init_app(app)
     auth.init_app(app)

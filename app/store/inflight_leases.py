@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 
+from ..storage_folder import create_private
 from . import redis_client
 
 
@@ -22,7 +23,7 @@ class SQLiteSlots:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            create_private(self.path)  # SQLite would create it, and its -wal and -shm, readable by all
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             # A power cut loses requests that are gone anyway; an fsync per request would cost every one.

@@ -40,13 +40,20 @@ class Gateway:
 
 
 @contextmanager
-def run_gateway(bridge_url: str, **settings: str) -> Iterator[Gateway]:
-    """Start `python -m app` against the bridge at bridge_url, wait for /health, stop it afterwards."""
+def run_gateway(bridge_url: str, umask: int = 0o022, **settings: str) -> Iterator[Gateway]:
+    """Start `python -m app` against the bridge at bridge_url (with a shell's usual umask), wait for /health, stop it
+    afterwards."""
     port = free_port()
     defaults = {"LMARENA_BRIDGE_API_KEY": "sk-lmab-test", "GATEWAY_API_KEYS": CLIENT_KEY}
     env = gateway_env(**{**defaults, **settings, "GATEWAY_PORT": str(port), "LMARENA_BRIDGE_BASE_URL": bridge_url})
     process = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        umask=umask,
     )
     gateway = Gateway(process, port)
     try:
