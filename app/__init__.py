@@ -15,11 +15,13 @@ from . import (
     analytics,
     auth,
     cross_site,
+    inflight,
     providers,
     ratelimit,
     registration_tokens,
     request_record,
     security_headers,
+    storage_folder,
     store,
 )
 from .api import register_blueprints
@@ -72,8 +74,10 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up the session store, signing secrets, analytics, cross-site checks, rate limit, providers and CORS."""
+    """Set up the private storage folder, session store, signing secrets, analytics, cross-site checks, limits,
+    providers and CORS."""
     app.extensions["started"] = time.monotonic()
+    storage_folder.init_app(app)
     store.init_app(app)
     registration_tokens.init_app(app)
     auth.init_app(app)
@@ -81,6 +85,7 @@ def register_services(app: Flask) -> None:
     request_record.init_app(app)
     cross_site.init_app(app)
     ratelimit.init_app(app)
+    inflight.init_app(app)
     providers.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:

@@ -10,6 +10,10 @@ from . import create_app
 from .config import ConfigError
 from .version import __version__
 
+# Bodies this far over GATEWAY_MAX_BODY_BYTES are still read, so the app refuses them with its own OpenAI-shaped 413;
+# it also covers chunked framing, which waitress counts as body.
+BODY_MARGIN = 64 * 1024
+
 
 def main() -> int:
     """Serve until interrupted; exit 2 with the setting's name when the configuration is bad."""
@@ -21,7 +25,15 @@ def main() -> int:
     host, port = app.config["GATEWAY_HOST"], app.config["GATEWAY_PORT"]
     shown = f"[{host}]" if ":" in host else host
     print(f"LMArena AI Gateway {__version__}: OpenAI base URL http://{shown}:{port}/v1", flush=True)
-    serve(app, host=host, port=port, threads=app.config["GATEWAY_THREADS"], ident="lmarena-gateway")
+    serve(
+        app,
+        host=host,
+        port=port,
+        threads=app.config["GATEWAY_THREADS"],
+        ident="lmarena-gateway",
+        # waitress's own limit is 1 GB, spooled to disk before the app sees a byte: refuse larger bodies unread.
+        max_request_body_size=app.config["GATEWAY_MAX_BODY_BYTES"] + BODY_MARGIN,
+    )
     return 0
 
 

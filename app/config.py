@@ -350,6 +350,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_RATE_LIMIT_BURST", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_EVENT_RATE_PER_MINUTE", 60, _whole(0, 1_000_000)),
+    Setting("GATEWAY_MAX_IN_FLIGHT_PER_KEY", 8, _whole(0, 100_000)),
     Setting("DEBUG_MODE", False, _flag),
     Setting("LOG_REQUESTS", False, _flag),
 )

@@ -103,6 +103,10 @@ class SessionLimitReached(RateLimitError):
     code = "session_limit_reached"
 
 
+class TooManyInFlight(RateLimitError):
+    code = "too_many_in_flight"
+
+
 class StoreError(GatewayError):
     """The session store cannot be used right now; nothing was changed."""
 

@@ -7,11 +7,14 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, request
 
 from .analytics import Recorder, recorder
+
+if TYPE_CHECKING:
+    from .inflight import Lease
 
 log = logging.getLogger("app.requests")
 
@@ -40,6 +43,8 @@ class RequestRecord:
     first_content: float | None = None
     # Set for a stream: it records its own event when it ends, long after the view has returned.
     recorder: Recorder | None = field(default=None, repr=False)
+    # The client key's in-flight slot while the view runs (a stream's response takes it over).
+    in_flight: Lease | None = field(default=None, repr=False)
 
     def served_by(self, provider: str | None, attempts: int | None = None) -> None:
         """Note who answered (or was asked last) and after how many attempts."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -140,6 +141,35 @@ def test_a_failure_after_content_never_counts(serve, openai_for, settings, bridg
     assert ask(client, stream=True) == DEFAULT_REPLY
     circuit = bridges(server.app.test_client(), admin)[bridge.url]["circuit"]
     assert (circuit["state"], circuit["consecutive_failures"], circuit["errors"]) == ("closed", 0, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_dead_session_bridge_is_named_to_clients_without_its_url(make_app, bridge, auth, admin, caplog, stream):
+    client = make_app().test_client()
+    port = free_port()
+    dead_url = f"http://127.0.0.1:{port}/private-tab-path"
+    register(client, admin, "dead", dead_url)
+    body = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    response = client.post("/v1/chat/completions", json=body, headers={**auth, "X-Session-Name": "dead"})
+    assert response.status_code == 502
+    error = response.get_json()["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert error["message"].startswith("The session's bridge cannot be reached (connection refused).")
+    answer = response.get_data(as_text=True)
+    assert str(port) not in answer and "private-tab-path" not in answer
+    # The admin still finds the URL: in the log, and in /providers/status.
+    assert dead_url in caplog.text
+    assert bridges(client, admin)[dead_url]["circuit"]["last_error"]["code"] == "upstream_unreachable"
+    assert str(port) not in json.dumps(bridges(client, admin)[dead_url]["circuit"]["last_error"])
+
+
+def test_the_configured_bridge_is_named_to_clients_without_its_url(make_app, auth):
+    port = free_port()
+    client = make_app(LMARENA_BRIDGE_BASE_URL=f"http://127.0.0.1:{port}").test_client()
+    response = chat(client, auth)
+    assert response.status_code == 502
+    assert response.get_json()["error"]["message"].startswith("LMArena Bridge cannot be reached")
+    assert str(port) not in response.get_data(as_text=True)
 
 
 def test_retries_in_one_request_count_once(make_app, settings, other_bridge, auth, admin):

@@ -70,6 +70,17 @@ def test_cron_cleanup_needs_the_cron_token(cron_app, headers, query):
     assert names(cron_app) == ["old", "recent"]
 
 
+def test_the_query_token_works_but_the_log_says_to_use_the_header(cron_app, caplog):
+    client = cron_app.test_client()
+    assert client.get("/cron/cleanup?dry_run=1", headers={"X-Cron-Token": TOKEN}).status_code == 200
+    assert "access logs" not in caplog.text
+    # For cron hosts that cannot send headers: it works, and the admin is told the token went into access logs.
+    assert client.get(f"/cron/cleanup?token={TOKEN}&dry_run=1").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "access logs" in w and "X-Cron-Token" in w]
+    assert TOKEN not in caplog.text
+
+
 def test_cron_cleanup_is_disabled_without_a_token(client):
     response = client.post("/cron/cleanup", headers={"X-Cron-Token": ""})
     assert response.status_code == 403

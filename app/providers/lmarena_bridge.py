@@ -101,8 +101,14 @@ class LMArenaBridge(OpenAICompatible):
     health_ok = frozenset({200, 404})
 
     def __init__(
-        self, settings: ProviderSettings, files: BridgeFiles | None = None, key_source: str = "LMARENA_BRIDGE_API_KEY"
+        self,
+        settings: ProviderSettings,
+        files: BridgeFiles | None = None,
+        key_source: str = "LMARENA_BRIDGE_API_KEY",
+        label: str | None = None,
     ) -> None:
+        if label:
+            self.label = label  # before the client is built: its errors name the bridge by it
         super().__init__(settings)
         self.files = files or BridgeFiles()
         # Where its key came from, for the message when the bridge refuses it: the setting, or a session's own.
@@ -140,8 +146,7 @@ class LMArenaBridge(OpenAICompatible):
         remote = self._remote_models.get()
         if remote is None and not listed:
             raise UpstreamError(
-                f"Cannot list models: {self.label} at {self.public_url} is not answering and "
-                "LMARENA_BRIDGE_MODELS_FILE is not set.",
+                f"Cannot list models: {self.label} is not answering and LMARENA_BRIDGE_MODELS_FILE is not set.",
                 code="upstream_unreachable",
             )
         for item in remote or ():
