@@ -294,3 +294,37 @@ def test_sub_uri_serves_and_links_under_it(deployment, deploy_bridge):
 def test_logs_hold_apache_start_and_app_stderr(site):
     assert "resuming normal operations" in site.error_log()
     assert re.search(r"^App \d+ output: \S+ \S+ (INFO|WARNING) app[.:]", site.passenger_log(), re.M)
+
+
+def test_an_open_gateway_under_a_sub_uri_refuses_cross_site_writes_and_rebound_names(deployment, deploy_bridge):
+    """Where Passenger differs from make run: the sub-URI (the CSRF cookie's path) and Apache passing Host on."""
+    env = {**settings(deploy_bridge), "GATEWAY_ADMIN_KEY": ""}
+    registration = {
+        "domain": "lmarena.ai",
+        "session_name": "team-a",
+        "session_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        "message_id": "4fa85f64-5717-4562-b3fc-2c963f66afa7",
+        "bridge_base_url": "http://127.0.0.1:9",
+    }
+    with deployment.site(base_uri="/gw", env=env) as gw:
+        forged = requests.post(
+            gw.url + "/session/register",
+            data=json.dumps(registration),
+            headers={"Content-Type": "text/plain", "Origin": "http://evil.example"},
+            timeout=30,
+        )
+        rebound = requests.get(gw.url + "/session/list", headers={"Host": "rebind.attacker.example"}, timeout=30)
+        listed = requests.get(gw.url + "/session/list", timeout=30)
+        browser = requests.Session()
+        page = browser.get(gw.url + "/userscript/generate", timeout=30)
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text).group(1)
+        form = {"session_name": "team-a", "format": "raw"}
+        made = browser.post(gw.url + "/userscript/generate", data={**form, "csrf_token": token}, timeout=30)
+        forged_form = requests.post(gw.url + "/userscript/generate", data={**form, "csrf_token": token}, timeout=30)
+
+    assert forged.status_code == 403 and forged.json()["error"]["type"] == "permission_error"
+    assert rebound.status_code == 421 and rebound.json()["error"]["code"] == "host_not_allowed"
+    assert listed.status_code == 200 and listed.json()["data"] == []
+    assert "Path=/gw" in page.headers["Set-Cookie"] and "SameSite=Strict" in page.headers["Set-Cookie"]
+    assert made.status_code == 200 and "const CONFIG" in made.text
+    assert forged_form.status_code == 403  # the token without its browser's cookie
