@@ -122,3 +122,36 @@ def test_documented_flask_command_runs_against_the_store(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["sessions"]["removed"][0]["session_name"] == "old"
     assert [s.session_name for s in JsonSessionStore(str(path)).list()] == ["fresh"]
+
+
+def test_cli_days_zero_needs_all_because_it_removes_every_session(cron_app):
+    runner = cron_app.test_cli_runner()
+    refused = runner.invoke(args=["cleanup-sessions", "--days", "0"])
+    assert refused.exit_code == 2
+    assert "--all" in refused.output
+    assert names(cron_app) == ["old", "recent"]
+    listed = runner.invoke(args=["cleanup-sessions", "--days", "0", "--dry-run"])  # a dry run removes nothing
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)["sessions"]["count"] == 2
+    assert runner.invoke(args=["cleanup-sessions", "--all", "--days", "5"]).exit_code == 2  # which one is meant?
+    assert names(cron_app) == ["old", "recent"]
+    every = runner.invoke(args=["cleanup-sessions", "--all"])
+    assert every.exit_code == 0, every.output
+    assert json.loads(every.output)["days"] == 0
+    assert names(cron_app) == []
+
+
+def test_cron_days_zero_needs_all_because_it_removes_every_session(cron_app):
+    client = cron_app.test_client()
+    cron = {"X-Cron-Token": TOKEN}
+    refused = client.post("/cron/cleanup?days=0", headers=cron)
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["param"] == "days" and "all=1" in refused.get_json()["error"]["message"]
+    assert names(cron_app) == ["old", "recent"]
+    assert client.post("/cron/cleanup?days=0&dry_run=1", headers=cron).get_json()["sessions"]["count"] == 2
+    conflicting = client.post("/cron/cleanup?days=5&all=1", headers=cron)
+    assert conflicting.status_code == 400 and conflicting.get_json()["error"]["param"] == "all"
+    assert names(cron_app) == ["old", "recent"]
+    every = client.post("/cron/cleanup?all=1", headers=cron)
+    assert every.status_code == 200 and every.get_json()["sessions"]["count"] == 2
+    assert names(cron_app) == []

@@ -52,7 +52,7 @@ def summary():
 
 @bp.get("/analytics/sessions")
 def sessions():
-    """Per session and domain: requests, errors, last seen, tokens."""
+    """Per session and domain: requests, errors, last request, tokens; its userscript's last capture and errors."""
     return {"object": "list", "data": analytics.sessions(_database())}
 
 
