@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from waitress import serve
@@ -9,6 +10,8 @@ from waitress import serve
 from . import create_app
 from .config import ConfigError
 from .version import __version__
+
+log = logging.getLogger(__package__)  # "app": run as a script, this module is __main__
 
 # Bodies this far over GATEWAY_MAX_BODY_BYTES are still read, so the app refuses them with its own OpenAI-shaped 413;
 # it also covers chunked framing, which waitress counts as body.
@@ -24,7 +27,8 @@ def main() -> int:
         return 2
     host, port = app.config["GATEWAY_HOST"], app.config["GATEWAY_PORT"]
     shown = f"[{host}]" if ":" in host else host
-    print(f"LMArena AI Gateway {__version__}: OpenAI base URL http://{shown}:{port}/v1", flush=True)
+    # Through the log, so that with GATEWAY_LOG_FORMAT=json every line the process writes is JSON.
+    log.info("LMArena AI Gateway %s: OpenAI base URL http://%s:%s/v1", __version__, shown, port)
     serve(
         app,
         host=host,
