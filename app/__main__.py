@@ -1,4 +1,7 @@
-"""Run the gateway locally: `python -m app` (waitress, on GATEWAY_HOST:GATEWAY_PORT, loopback by default)."""
+"""`python -m app`: serve the gateway locally (waitress, on GATEWAY_HOST:GATEWAY_PORT, loopback by default).
+
+`python -m app check URL --key K ...` checks a deployed gateway instead (app/smoke_check.py).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +20,20 @@ log = logging.getLogger(__package__)  # "app": run as a script, this module is _
 # it also covers chunked framing, which waitress counts as body.
 BODY_MARGIN = 64 * 1024
 
+USAGE = "usage: python -m app            serve the gateway\n       python -m app check URL --key K [--help]"
 
-def main() -> int:
-    """Serve until interrupted; exit 2 with the setting's name when the configuration is bad."""
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted (exit 2 with the setting's name when the configuration is bad), or run `check`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from .smoke_check import main as check  # needs no app: it calls one over HTTP
+
+        return check(argv[1:])
+    if argv:
+        asked = argv[0] in ("-h", "--help")
+        print(USAGE, file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     try:
         app = create_app()
     except ConfigError as exc:
