@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from . import (
     auth,
     cross_site,
     inflight,
+    logs,
     providers,
     ratelimit,
     registration_tokens,
@@ -41,7 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=None)
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings["GATEWAY_MAX_BODY_BYTES"]
-    configure_logging(app)
+    logs.init_app(app)
     configure_json(app)
     register_services(app)
     register_blueprints(app)
@@ -50,20 +50,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     security_headers.init_app(app)
     warn_if_open(app)
     return app
-
-
-def configure_logging(app: Flask) -> None:
-    """Send the gateway's logs to stderr (Passenger's log), once per line, with level and logger name."""
-    logger = logging.getLogger("app")
-    logger.setLevel(logging.DEBUG if app.config["DEBUG_MODE"] else logging.INFO)
-    # Passenger's loader puts its own handler on the root logger: propagating would print every line twice, the
-    # second time without level or logger name. Tests keep propagation for pytest's log capture.
-    logger.propagate = bool(app.testing)
-    if not any(getattr(h, "_gateway", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._gateway = True
-        logger.addHandler(handler)
 
 
 def configure_json(app: Flask) -> None:

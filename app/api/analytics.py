@@ -13,6 +13,7 @@ from ..analytics import recorder
 from ..analytics.prometheus import CONTENT_TYPE, render
 from ..auth import ADMIN, IN_VIEW, METRICS, Guard, require_session
 from ..errors import InvalidRequestError, NotFoundError
+from ..logs import instance_id
 from ..ratelimit import limit_events
 from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
@@ -101,4 +102,5 @@ def custom_event():
 @bp.get("/metrics")
 def metrics():
     """Prometheus metrics summed over every gateway process (Bearer GATEWAY_METRICS_TOKEN when set)."""
-    return Response(render(analytics.metrics_snapshot(_database())), content_type=CONTENT_TYPE)
+    text = render(analytics.metrics_snapshot(_database()), instance_id(current_app.config))
+    return Response(text, content_type=CONTENT_TYPE)

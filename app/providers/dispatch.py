@@ -12,6 +12,7 @@ from typing import TypeVar
 from ..errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .base import ChatRequest, ChatStream, Chunk, Provider
 from .breaker import Breaker
+from .lmarena_bridge import bridge_url
 from .pools import Outcome, PoolRequest, outcome, pause
 from .transport import StreamTimer
 
@@ -87,6 +88,8 @@ class Dispatcher:
     policy: RetryPolicy
     budget: float
     last_provider: str | None = None
+    # The public URL of the LMArena bridge asked last (None for other providers), for the request's log line.
+    last_bridge: str | None = None
     attempt_count: int = 0
     # A pool request: its members are the plan, and never is one asked twice.
     pool: PoolRequest | None = None
@@ -210,6 +213,7 @@ class Dispatcher:
             timeout = min(provider.settings.first_byte_timeout, self.remaining())
             started = time.monotonic()
             self.last_provider, self.attempt_count = provider.name, self.attempt_count + 1
+            self.last_bridge = bridge_url(provider.breaker_key)
             try:
                 result = yield from attempt(provider, timeout)
             except GatewayError as error:

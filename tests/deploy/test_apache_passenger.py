@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +22,7 @@ import requests
 
 from tests.upstreams.fake_bridge import FakeBridge
 
-from .apache import wait_until
+from .apache import REPO, wait_until
 
 pytestmark = pytest.mark.deploy
 
@@ -194,6 +196,42 @@ def test_stream_without_no_gzip_rule_arrives_in_one_lump(site):
     assert text == REPLY
     assert headers.get("content-encoding") == "gzip"
     assert arrivals[-1] - arrivals[0] < 0.1, [round(t - arrivals[0], 3) for t in arrivals]
+
+
+def smoke_check(site) -> subprocess.CompletedProcess:
+    """Run `python -m app check` on the deployed gateway, from a laptop's point of view (this checkout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", "check", site.url, "--key", CLIENT_KEY, "--admin-key", ADMIN_KEY],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_smoke_check_passes_with_the_htaccess_rules(site):
+    assert "SetEnv no-gzip 1" in (site.app_dir / ".htaccess").read_text()
+
+    done = smoke_check(site)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "  ok    stream    in pieces: 5 over " in done.stdout  # the bridge's five words, 0.2 s apart
+    assert "  ok    sessions  " in done.stdout and "every check passed" in done.stdout
+
+
+def test_smoke_check_finds_the_lump_compress_all_content_makes(site):
+    shipped = (site.app_dir / ".htaccess").read_text()
+    site.write_htaccess("".join(line for line in shipped.splitlines(True) if "no-gzip" not in line))
+    try:
+        done = smoke_check(site)
+    finally:
+        site.write_htaccess(shipped)
+
+    assert done.returncode == 1
+    assert "  FAIL  stream    arrived in one lump: 5 piece(s) within " in done.stdout
+    assert "stream, compressed (gzip)\n" in done.stdout  # mod_deflate's doing
+    assert "Compress all content" in done.stdout and "SetEnv no-gzip 1\n" in done.stdout
+    assert "  ok    chat      " in done.stdout and "1 check(s) failed" in done.stdout
 
 
 def test_register_concurrently_across_processes_keeps_every_session(site):
