@@ -1,5 +1,6 @@
 # Two commands do all the set-up: `make run` starts the gateway, `make test` runs the whole test suite.
-# Each creates .venv with the Python it finds and installs what it needs when the requirements change.
+# Each creates .venv with the Python it finds and installs what it needs when the requirements change; `make test`
+# also installs the Debian packages the suite runs for real, with apt-get as root (tests/helpers/install-system-deps.sh).
 # `make test-fast` is the edit loop: ruff and the tests that need no browser, no Apache and no slow run (pytest markers
 # browser, deploy, slow; see tests/README.md), in under a minute.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,11 +14,14 @@ from . import (
     analytics,
     auth,
     cross_site,
+    inflight,
+    logs,
     providers,
     ratelimit,
     registration_tokens,
     request_record,
     security_headers,
+    storage_folder,
     store,
 )
 from .api import register_blueprints
@@ -39,7 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=None)
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings["GATEWAY_MAX_BODY_BYTES"]
-    configure_logging(app)
+    logs.init_app(app)
     configure_json(app)
     register_services(app)
     register_blueprints(app)
@@ -50,20 +52,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def configure_logging(app: Flask) -> None:
-    """Send the gateway's logs to stderr (Passenger's log), once per line, with level and logger name."""
-    logger = logging.getLogger("app")
-    logger.setLevel(logging.DEBUG if app.config["DEBUG_MODE"] else logging.INFO)
-    # Passenger's loader puts its own handler on the root logger: propagating would print every line twice, the
-    # second time without level or logger name. Tests keep propagation for pytest's log capture.
-    logger.propagate = bool(app.testing)
-    if not any(getattr(h, "_gateway", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._gateway = True
-        logger.addHandler(handler)
-
-
 def configure_json(app: Flask) -> None:
     """Answer compact UTF-8 JSON in the order fields were built, as OpenAI does."""
     app.json.ensure_ascii = False
@@ -72,8 +60,10 @@ def configure_json(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Set up the session store, signing secrets, analytics, cross-site checks, rate limit, providers and CORS."""
+    """Set up the private storage folder, session store, signing secrets, analytics, cross-site checks, limits,
+    providers and CORS."""
     app.extensions["started"] = time.monotonic()
+    storage_folder.init_app(app)
     store.init_app(app)
     registration_tokens.init_app(app)
     auth.init_app(app)
@@ -81,6 +71,7 @@ def register_services(app: Flask) -> None:
     request_record.init_app(app)
     cross_site.init_app(app)
     ratelimit.init_app(app)
+    inflight.init_app(app)
     providers.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:

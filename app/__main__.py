@@ -1,7 +1,11 @@
-"""Run the gateway locally: `python -m app` (waitress, on GATEWAY_HOST:GATEWAY_PORT, loopback by default)."""
+"""`python -m app`: serve the gateway locally (waitress, on GATEWAY_HOST:GATEWAY_PORT, loopback by default).
+
+`python -m app check URL --key K ...` checks a deployed gateway instead (app/smoke_check.py).
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from waitress import serve
@@ -10,9 +14,26 @@ from . import create_app
 from .config import ConfigError
 from .version import __version__
 
+log = logging.getLogger(__package__)  # "app": run as a script, this module is __main__
 
-def main() -> int:
-    """Serve until interrupted; exit 2 with the setting's name when the configuration is bad."""
+# Bodies this far over GATEWAY_MAX_BODY_BYTES are still read, so the app refuses them with its own OpenAI-shaped 413;
+# it also covers chunked framing, which waitress counts as body.
+BODY_MARGIN = 64 * 1024
+
+USAGE = "usage: python -m app            serve the gateway\n       python -m app check URL --key K [--help]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted (exit 2 with the setting's name when the configuration is bad), or run `check`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from .smoke_check import main as check  # needs no app: it calls one over HTTP
+
+        return check(argv[1:])
+    if argv:
+        asked = argv[0] in ("-h", "--help")
+        print(USAGE, file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     try:
         app = create_app()
     except ConfigError as exc:
@@ -20,8 +41,17 @@ def main() -> int:
         return 2
     host, port = app.config["GATEWAY_HOST"], app.config["GATEWAY_PORT"]
     shown = f"[{host}]" if ":" in host else host
-    print(f"LMArena AI Gateway {__version__}: OpenAI base URL http://{shown}:{port}/v1", flush=True)
-    serve(app, host=host, port=port, threads=app.config["GATEWAY_THREADS"], ident="lmarena-gateway")
+    # Through the log, so that with GATEWAY_LOG_FORMAT=json every line the process writes is JSON.
+    log.info("LMArena AI Gateway %s: OpenAI base URL http://%s:%s/v1", __version__, shown, port)
+    serve(
+        app,
+        host=host,
+        port=port,
+        threads=app.config["GATEWAY_THREADS"],
+        ident="lmarena-gateway",
+        # waitress's own limit is 1 GB, spooled to disk before the app sees a byte: refuse larger bodies unread.
+        max_request_body_size=app.config["GATEWAY_MAX_BODY_BYTES"] + BODY_MARGIN,
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Iterable
 
@@ -22,6 +23,8 @@ from .errors import AuthenticationError, PermissionDenied
 CLIENT, ADMIN, DASHBOARD, CRON, METRICS = "client", "admin", "dashboard", "cron", "metrics"
 # A view with nothing for its guard to check: it is public, or it checks a registration token or a form itself.
 IN_VIEW = None
+
+log = logging.getLogger(__name__)
 
 COOKIE = "gateway_dashboard"
 SECRET_FILE = "dashboard.secret"
@@ -92,14 +95,21 @@ def require_dashboard() -> None:
 
 
 def require_cron_token() -> None:
-    """Reject a cron call without GATEWAY_CRON_TOKEN (header or ?token=); refuse every call when it is unset."""
+    """Reject a cron call without GATEWAY_CRON_TOKEN (X-Cron-Token, else ?token=); refuse all while it is unset."""
     token = current_app.config["GATEWAY_CRON_TOKEN"]
     if not token:
         raise PermissionDenied("Cron clean-up is disabled: set GATEWAY_CRON_TOKEN.", code="cron_disabled")
-    given = request.headers.get("X-Cron-Token") or request.args.get("token") or ""
+    header = request.headers.get("X-Cron-Token", "")
+    given = header or request.args.get("token") or ""
     if not given or not key_matches(given, (token,)):
         raise AuthenticationError(
-            "Missing or wrong cron token (X-Cron-Token header or ?token=).", code="invalid_cron_token"
+            "Missing or wrong cron token (send it as the X-Cron-Token header).", code="invalid_cron_token"
+        )
+    if not header:
+        # Kept for cron hosts that cannot send headers; said at each call, so the admin learns where it went.
+        log.warning(
+            "the cron token came in the URL (?token=), which web servers and proxies write to their access logs: "
+            "send it as the X-Cron-Token header, and change GATEWAY_CRON_TOKEN if those logs are shared"
         )
 
 
@@ -215,8 +225,9 @@ def dashboard_cookie(expires: int) -> str:
 
 def _cookie_ok(value: str) -> bool:
     expires, _, signature = value.partition(".")
-    # isdigit() alone admits digits such as '²' that int() refuses: a forged cookie must not be a 500.
-    if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
+    # isdigit() alone admits digits such as '²' that int() refuses, and int() refuses over 4,300 digits: a forged
+    # cookie must not be a 500. Genuine ones carry a Unix time, 10 digits until the year 2286.
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
         return False
     # compare_digest refuses non-ASCII text, and no genuine cookie has any.
     expected = dashboard_cookie(int(expires)).partition(".")[2]

@@ -198,6 +198,16 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+_INSTANCE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _instance(value: Any) -> str:
+    name = _text(value)
+    if name and not _INSTANCE.fullmatch(name):
+        raise ValueError("must be 1-128 letters, digits and . _ : - (a name for logs and the /metrics label)")
+    return name
+
+
 def _redis_url(value: Any) -> str:
     url = _text(value)
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
@@ -350,8 +360,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_RATE_LIMIT_PER_MINUTE", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_RATE_LIMIT_BURST", 0, _whole(0, 1_000_000)),
     Setting("GATEWAY_EVENT_RATE_PER_MINUTE", 60, _whole(0, 1_000_000)),
+    Setting("GATEWAY_MAX_IN_FLIGHT_PER_KEY", 8, _whole(0, 100_000)),
     Setting("DEBUG_MODE", False, _flag),
     Setting("LOG_REQUESTS", False, _flag),
+    Setting("GATEWAY_LOG_FORMAT", "text", _choice("text", "json")),
+    Setting("GATEWAY_INSTANCE_ID", "", _instance),
 )
 
 SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if s.secret)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, after_this_request, current_app, g, request
 
-from .errors import GatewayError, PermissionDenied
+from .errors import MisdirectedRequest, PermissionDenied, UnsupportedMediaType
 
 CSRF_COOKIE = "gateway_csrf"
 CSRF_FIELD = "csrf_token"
@@ -30,18 +30,6 @@ UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CREDENTIAL_HEADERS = ("Authorization", "X-API-Key", "X-Admin-Key", "X-Registration-Token", "X-Cron-Token")
 # The pages whose forms post back to the gateway; every other write takes JSON.
 FORM_VIEWS = frozenset({"dashboard.login", "dashboard.logout", "userscript.generate", "userscript.advanced_generate"})
-
-
-class MisdirectedRequest(GatewayError):
-    status_code = 421
-    type = "invalid_request_error"
-    code = "host_not_allowed"
-
-
-class UnsupportedMediaType(GatewayError):
-    status_code = 415
-    type = "invalid_request_error"
-    code = "unsupported_media_type"
 
 
 def init_app(app: Flask) -> None:

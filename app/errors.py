@@ -75,6 +75,16 @@ class RequestTooLarge(InvalidRequestError):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(InvalidRequestError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequest(InvalidRequestError):
+    status_code = 421
+    code = "host_not_allowed"
+
+
 class AuthenticationError(GatewayError):
     status_code = 401
     type = "invalid_request_error"
@@ -101,6 +111,10 @@ class RateLimitError(GatewayError):
 
 class SessionLimitReached(RateLimitError):
     code = "session_limit_reached"
+
+
+class TooManyInFlight(RateLimitError):
+    code = "too_many_in_flight"
 
 
 class StoreError(GatewayError):

@@ -34,7 +34,8 @@ def pool_target() -> tuple[str, str] | None:
         routes = config["GATEWAY_KEY_ROUTES"]
         target = (routes and routes.get(provided_key())) or config["GATEWAY_DEFAULT_POOL"]
     if target is not None:
-        request_record.current().domain = target[0]
+        record = request_record.current()
+        record.domain, record.pool = target
     return target
 
 

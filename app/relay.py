@@ -122,7 +122,8 @@ def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
             yield sse.KEEPALIVE
             opening.wait_one_interval()
         opened = opening.opened
-        record.served_by(opened.provider.name)
+        # The head went out already: the attempts reach the log line, not a header.
+        record.served_by(opened.provider.name, opening.dispatcher.attempt_count, opening.dispatcher.last_bridge)
         stream, beat = opened.stream, opening.beat  # closed in finally, through opening
         batch: list[bytes] = []
         for chunk in opened.held:
@@ -147,10 +148,11 @@ def relay(opening: Opening, record: RequestRecord) -> Iterator[bytes]:
             tail.append(chunks.usage_frame())
     except Exception as exc:  # providers raise GatewayError; anything else is logged as a bug
         error: GatewayError = ensure_gateway_error(exc, "the upstream")
-        if opening.opened is not None:
-            opening.dispatcher.failed_after_start(opening.opened.provider, error)
-        else:
-            record.served_by(opening.dispatcher.last_provider)  # who was asked last, as a refused JSON answer says
+        # After content, a failure counts against no circuit (the outcome table): nothing to tell the breaker.
+        if opening.opened is None:
+            # Who was asked last, as a refused JSON answer says.
+            dispatcher = opening.dispatcher
+            record.served_by(dispatcher.last_provider, dispatcher.attempt_count, dispatcher.last_bridge)
         record.error_code = error.code
         log.info("stream ended with error: %s", error.code)
         tail.append(sse.json_frame(error.to_dict()))

@@ -7,11 +7,14 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, request
 
 from .analytics import Recorder, recorder
+
+if TYPE_CHECKING:
+    from .inflight import Lease
 
 log = logging.getLogger("app.requests")
 
@@ -35,18 +38,27 @@ class RequestRecord:
     attempts: int = 0
     domain: str | None = None
     session_name: str | None = None
+    pool: str | None = None
+    # The public URL (no credentials) of the LMArena bridge that answered, or was asked last.
+    bridge: str | None = None
     usage: dict[str, Any] | None = None
     error_code: str | None = None
     first_content: float | None = None
     # Set for a stream: it records its own event when it ends, long after the view has returned.
     recorder: Recorder | None = field(default=None, repr=False)
+    # The client key's in-flight slot while the view runs (a stream's response takes it over).
+    in_flight: Lease | None = field(default=None, repr=False)
+    # Set for a stream when LOG_REQUESTS is on: its log line, written when it ends (its length and error known).
+    log_fields: dict[str, Any] | None = field(default=None, repr=False)
 
-    def served_by(self, provider: str | None, attempts: int | None = None) -> None:
-        """Note who answered (or was asked last) and after how many attempts."""
+    def served_by(self, provider: str | None, attempts: int | None = None, bridge: str | None = None) -> None:
+        """Note who answered (or was asked last), after how many attempts, and through which bridge."""
         if provider:
             self.provider = provider
         if attempts:
             self.attempts = attempts
+        if bridge:
+            self.bridge = bridge
 
     def event(self, status: int, stream: bool) -> dict[str, Any]:
         """Return the request's analytics event."""
@@ -82,12 +94,45 @@ class RequestRecord:
             self.first_content = time.perf_counter()
 
     def stream_finished(self, usage: dict[str, Any]) -> None:
-        """Record the stream's event (status 200: its errors travel in the body)."""
-        if self.recorder is None:
-            return
+        """Record the stream's event (status 200: its errors travel in the body) and write its log line."""
         self.usage = usage
-        self.recorder.stream_ended(self.request_id)
-        self.recorder.record(self.event(200, stream=True))
+        if self.recorder is not None:
+            self.recorder.stream_ended(self.request_id)
+            self.recorder.record(self.event(200, stream=True))
+        if self.log_fields is not None:
+            fields, self.log_fields = self.log_fields, None  # one line, however the stream ended
+            self.log_line(fields)
+
+    def log_line(self, fields: dict[str, Any]) -> None:
+        """Log the request's line: text, or (GATEWAY_LOG_FORMAT=json) these fields and who served; never keys."""
+        duration = (time.perf_counter() - self.started) * 1000
+        fields = {
+            **fields,
+            "request_id": self.request_id,
+            "provider": self.provider,
+            "bridge": self.bridge,
+            "model": self.model,
+            "domain": self.domain,
+            "session": self.session_name,
+            "pool": self.pool,
+            "attempts": self.attempts or None,
+            "duration_ms": round(duration, 1),
+            "error_code": self.error_code,
+        }
+        # repr() keeps model ids with newlines or emoji on one line; keys and bodies are never logged.
+        log.info(
+            "%s %r %s %.1fms id=%s provider=%s model=%r%s%s",
+            fields["method"],
+            fields["path"],
+            fields["status"],
+            duration,
+            self.request_id,
+            self.provider or "-",
+            self.model,
+            " stream" if fields["stream"] else "",
+            f" error={self.error_code}" if self.error_code else "",
+            extra={"request": fields},
+        )
 
 
 def current() -> RequestRecord:
@@ -116,24 +161,25 @@ def _finish(response: Response) -> Response:
         response.headers["X-Gateway-Provider"] = record.provider
     if record.attempts:
         response.headers["X-Gateway-Attempts"] = str(record.attempts)
-    # Streams are recorded when they end (RequestRecord.stream_finished); every other /v1 answer here.
+    stream = response.mimetype == "text/event-stream"
+    if response.status_code >= 400 and not stream:
+        record.error_code = _error_code(response)
+    # Streams are recorded, and logged, when they end (RequestRecord.stream_finished); every other answer here.
     target = recorder()
-    if target is not None and request.path.startswith("/v1/") and response.mimetype != "text/event-stream":
-        if response.status_code >= 400:
-            record.error_code = _error_code(response)
+    if target is not None and request.path.startswith("/v1/") and not stream:
         target.record(record.event(response.status_code, stream=False))
     if current_app.config["LOG_REQUESTS"]:
-        # repr() keeps model ids with newlines or emoji on one line; keys and bodies are never logged.
-        log.info(
-            "%s %r %s %.1fms id=%s provider=%s model=%r",
-            request.method,
-            request.path,
-            response.status_code,
-            (time.perf_counter() - record.started) * 1000,
-            record.request_id,
-            record.provider or "-",
-            record.model,
-        )
+        fields = {
+            "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "path": request.path,
+            "status": response.status_code,
+            "stream": stream,
+        }
+        if stream:
+            record.log_fields = fields
+        else:
+            record.log_line(fields)
     return response
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
 MAX_MODEL_LENGTH = 256
 MAX_PROMPT_LENGTH = 32000
+# The escape of a UTF-16 surrogate (\ud800-\udfff). JSON decodes one without its pair to a lone surrogate: a str no
+# UTF-8 writer (the session store, the upstream request, the answer) can encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def read_json_body(max_bytes: int | None = None) -> dict[str, Any]:
@@ -41,7 +45,24 @@ def read_json_body(max_bytes: int | None = None) -> dict[str, Any]:
         raise InvalidRequestError("The request body is JSON nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    if _holds_lone_surrogate(raw, body):
+        raise InvalidRequestError(
+            "The request body holds a \\ud800-\\udfff escape without its pair (a lone surrogate), which is not text.",
+            code="invalid_json",
+        )
     return body
+
+
+def _holds_lone_surrogate(raw: bytes, body: dict[str, Any]) -> bool:
+    # perf: the bytes are searched first (C speed); the whole body is encoded again only when an escape is there, or
+    # when it came in UTF-16 or UTF-32, where the escape's bytes differ.
+    if json.detect_encoding(raw) == "utf-8" and not _SURROGATE_ESCAPE.search(raw):
+        return False
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _fail(param: str, message: str) -> InvalidRequestError:

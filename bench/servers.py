@@ -29,7 +29,8 @@ def clean_environ() -> dict[str, str]:
 
 
 def gateway_settings(mock_port: int) -> dict[str, str]:
-    """Return the gateway's settings with every feature on: client keys, analytics, rate limit (never reached)."""
+    """Return the gateway's settings with every feature on: client keys, analytics, rate and in-flight limits (never
+    reached)."""
     return {
         "GATEWAY_ENV_FILE": "",  # no .env: only what is written here
         "LMARENA_BRIDGE_BASE_URL": f"http://127.0.0.1:{mock_port}",
@@ -37,6 +38,8 @@ def gateway_settings(mock_port: int) -> dict[str, str]:
         "GATEWAY_API_KEYS": CLIENT_KEY,
         "GATEWAY_ADMIN_KEY": ADMIN_KEY,
         "GATEWAY_RATE_LIMIT_PER_MINUTE": "1000000",
+        # One key sends every request, up to 32 at once: above the default of 8, counted but never refused.
+        "GATEWAY_MAX_IN_FLIGHT_PER_KEY": "100000",
         "GATEWAY_ENABLE_SESSION_ANALYTICS": "true",
         "SESSION_STORE": "json",
         "GATEWAY_CONCURRENT_SESSIONS_LIMIT": "100000",

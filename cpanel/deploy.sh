@@ -11,8 +11,10 @@
 #
 # What it does, in order: back up storage/ (before anything changes), create/reuse the virtualenv, install
 # requirements, write .env from .env.example without touching values already set (generating missing secrets),
-# make storage/ and .env private to the app user, check that the app starts, touch tmp/restart.txt, check /health,
-# and print the cron line for the clean-up.
+# make storage/ and .env private to the app user, check that the app starts, touch tmp/restart.txt, wait for
+# /health, check the gateway end to end (`python -m app check`: models, a chat, a stream in pieces, sessions, a
+# dry-run clean-up, with the keys in .env), and print the cron line for the clean-up. It exits non-zero when the
+# check fails.
 set -euo pipefail
 
 DRY_RUN=0
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
     --venv) VENV="${2:?--venv needs a folder}"; shift ;;
     --python) PYTHON="${2:?--python needs an interpreter}"; shift ;;
     --url) URL="${2:?--url needs a URL}"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -149,9 +151,10 @@ fi
 run touch tmp/restart.txt
 [ "$DRY_RUN" = 1 ] || say "touched tmp/restart.txt: Passenger restarts the app on its next request"
 
-# 7. Health check over HTTP, when the public URL is known.
+# 7. Health check over HTTP, when the public URL is known (waits for Passenger to restart the app).
 URL="${URL:-$(env_value GATEWAY_PUBLIC_URL)}"
 URL="${URL%/}"
+checked=skipped
 if [ -n "$URL" ] && [ "$DRY_RUN" = 0 ]; then
   ok=0
   for _ in 1 2 3 4 5; do
@@ -164,12 +167,26 @@ if [ -n "$URL" ] && [ "$DRY_RUN" = 0 ]; then
     say "health check of $URL/health failed: $body"
     say "see Passenger's log (cPanel: the app's stderr.log) for the reason"
   fi
+  # 8. The smoke check, with the keys in .env (from the environment, so they stay out of the process list).
+  #    A stream that arrives in one lump means mod_deflate holds it back: the check prints the .htaccess fix.
+  say "checking $URL end to end:"
+  keys="$(env_value GATEWAY_API_KEYS)"
+  if CHECK_KEY="${keys%%,*}" CHECK_ADMIN_KEY="$(env_value GATEWAY_ADMIN_KEY)" \
+    CHECK_CRON_TOKEN="$(env_value GATEWAY_CRON_TOKEN)" "$VENV/bin/python" -m app check "$URL"; then
+    checked=passed
+  else
+    checked=failed
+  fi
 else
-  say "no public URL (--url or GATEWAY_PUBLIC_URL): skipped the HTTP health check"
+  say "no public URL (--url or GATEWAY_PUBLIC_URL): skipped the HTTP health check and the smoke check"
 fi
 
-# 8. The cron job for session clean-up.
+# 9. The cron job for session clean-up.
 token="$(env_value GATEWAY_CRON_TOKEN)"
 say "add this cron job (cPanel > Cron Jobs), e.g. twice an hour:"
 echo "*/30 * * * * curl -fsS -m 60 -H \"X-Cron-Token: ${token:-<GATEWAY_CRON_TOKEN>}\" ${URL:-https://your.domain/app}/cron/cleanup >/dev/null"
+if [ "$checked" = failed ]; then
+  # Keys set in Setup Python App's environment variables win over .env: then run the check with those.
+  die "deployed, but the check of $URL failed (see above); run it again with: $VENV/bin/python -m app check $URL --key <a client key> --admin-key <admin key> --cron-token <cron token>"
+fi
 say "done"

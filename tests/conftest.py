@@ -109,9 +109,9 @@ def app_settings(bridge_url: str, storage: Path, **overrides) -> dict:
 
 
 def close_app(app) -> None:
-    """Close what an app holds open: pooled upstream connections, the analytics writer, the rate limit file."""
+    """Close what an app holds open: pooled upstream connections, the analytics writer, the limits' shared state."""
     app.extensions["router"].close()
-    for service in ("analytics", "ratelimit", "event_limit"):
+    for service in ("analytics", "ratelimit", "event_limit", "inflight"):
         if app.extensions.get(service) is not None:
             app.extensions[service].close()
 

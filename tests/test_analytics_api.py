@@ -145,3 +145,29 @@ def test_userscript_events_are_token_scoped_validated_and_recorded(app, admin):
     assert [(d, n, json.loads(detail)) for d, n, detail in _events(app, "capture")] == [
         ("lmarena.ai", "team-a", {"via": "fetch"})
     ]
+
+
+def test_sessions_show_the_userscripts_captures_and_errors(app, admin):
+    client = app.test_client()
+    script = client.get(
+        "/userscript/generate",
+        headers=admin,
+        query_string={"session_name": "tab-a", "domains": "lmarena.ai", "format": "raw"},
+    )
+    token = json.loads(script.get_data(as_text=True).split("const CONFIG = ", 1)[1].split(";\n", 1)[0])["token"]
+    headers = {"X-Registration-Token": token}
+    sent = {"domain": "lmarena.ai", "session_name": "tab-a"}
+    # What the generated script reports: a capture of the page's ids, then failed registrations.
+    capture = {**sent, "kind": "capture", "detail": {"path": "retry-evaluation-session-message", "ids_source": "retry"}}
+    assert client.post("/analytics/event", json=capture, headers=headers).status_code == 202
+    captured_by = time.time()
+    for attempt, status in ((1, 500), (2, 401)):
+        error = {**sent, "kind": "error", "detail": {"step": "register", "status": status, "attempt": attempt}}
+        assert client.post("/analytics/event", json=error, headers=headers).status_code == 202
+    data = client.get("/analytics/sessions", headers=admin).get_json()["data"]
+    tab = next(s for s in data if s["session_name"] == "tab-a")
+    assert (tab["domain"], tab["requests"], tab["errors"], tab["last_seen"]) == ("lmarena.ai", 0, 0, None)
+    assert captured_by - 60 < tab["last_capture"] <= captured_by
+    assert tab["script_errors_24h"] == 2
+    assert tab["last_script_error"]["detail"] == {"step": "register", "status": 401, "attempt": 2}
+    assert tab["last_script_error"]["ts"] >= tab["last_capture"]

@@ -158,7 +158,8 @@ def test_sessions_sum_per_domain_and_name(conn):
         req(ts=NOW - 5, domain="lmarena.ai", session_name="solo", kind="heartbeat"),  # not a request
         req(ts=NOW - 1),  # no session
     )
-    assert sessions(conn) == [
+    script = {"last_capture": None, "script_errors_24h": 0, "last_script_error": None}
+    assert sessions(conn, now=NOW) == [
         {
             "domain": "canary.lmarena.ai",
             "session_name": "team",
@@ -167,6 +168,7 @@ def test_sessions_sum_per_domain_and_name(conn):
             "last_seen": NOW - 10,
             "prompt_tokens": 0,
             "completion_tokens": 0,
+            **script,
         },
         {
             "domain": "lmarena.ai",
@@ -176,10 +178,39 @@ def test_sessions_sum_per_domain_and_name(conn):
             "last_seen": NOW - 20,
             "prompt_tokens": 6,
             "completion_tokens": 7,
+            **script,
         },
     ]
     assert [s["domain"] for s in sessions(conn, since=NOW - 15)] == ["canary.lmarena.ai"]
     assert len(sessions(conn, limit=1)) == 1
+
+
+def script(ts, kind, detail=None, name="team"):
+    return {"ts": ts, "kind": kind, "domain": "lmarena.ai", "session_name": name, "status": 202, "detail": detail}
+
+
+def test_sessions_show_what_the_userscript_reported(conn):
+    write(
+        conn,
+        req(ts=NOW - 90_000, domain="lmarena.ai", session_name="team"),
+        script(NOW - 100_000, "error", {"step": "register", "status": 500}),  # over a day ago: not counted
+        script(NOW - 600, "capture", {"ids_source": "retry"}),
+        script(NOW - 300, "capture", {"ids_source": "bridge_job"}),
+        script(NOW - 200, "error", {"step": "register", "status": 401, "attempt": 1}),
+        script(NOW - 100, "error", {"step": "register", "status": 403, "attempt": 2}),
+        script(NOW - 50, "heartbeat"),  # neither a capture nor an error
+        script(NOW - 40, "error", "plain text", name="fresh"),  # a session no request used yet
+    )
+    fresh, team = sessions(conn, now=NOW)
+    assert team["last_capture"] == NOW - 300
+    assert team["script_errors_24h"] == 2
+    assert team["last_script_error"] == {"ts": NOW - 100, "detail": {"step": "register", "status": 403, "attempt": 2}}
+    assert (team["requests"], team["last_seen"]) == (1, NOW - 90_000)
+    assert fresh["session_name"] == "fresh"
+    assert (fresh["requests"], fresh["errors"], fresh["last_seen"], fresh["last_capture"]) == (0, 0, None, None)
+    assert fresh["script_errors_24h"] == 1 and fresh["last_script_error"] == {"ts": NOW - 40, "detail": "plain text"}
+    assert [s["session_name"] for s in sessions(conn, since=NOW - 250, now=NOW)] == ["fresh", "team"]
+    assert sessions(conn, since=NOW - 250, now=NOW)[1]["last_capture"] is None
 
 
 def test_timeseries_fills_every_bucket(conn):

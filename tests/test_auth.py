@@ -51,7 +51,7 @@ CASES = [
     ("GET", "/metrics", BEARER_ADMIN, 401, NO_METRICS),
     ("POST", "/cron/cleanup?dry_run=1", {"X-Cron-Token": CRON}, 200, None),
     ("GET", f"/cron/cleanup?dry_run=1&token={CRON}", {}, 200, None),
-    ("POST", "/cron/cleanup", BEARER_ADMIN, 401, "Missing or wrong cron token (X-Cron-Token header or ?token=)."),
+    ("POST", "/cron/cleanup", BEARER_ADMIN, 401, "Missing or wrong cron token (send it as the X-Cron-Token header)."),
 ]  # fmt: skip
 
 

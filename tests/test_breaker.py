@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -16,7 +17,8 @@ from app.errors import UpstreamError
 from app.providers.breaker import Breaker
 from app.store.breaker_state import FileState, RedisState
 from tests.helpers.redis_server import RedisServer
-from tests.upstreams.script import Status
+from tests.upstreams.httpserver import wait_until
+from tests.upstreams.script import Delay, Status
 
 HI = [{"role": "user", "content": "hi"}]
 CLAUDE = "Claude Sonnet 4\n☀️ | 🆕"
@@ -49,40 +51,46 @@ def _status(app_client, admin, name="yupp2api"):
     return next(p for p in data if p["name"] == name)
 
 
-@pytest.mark.slow  # waits out the cool-down
-def test_breaker_opens_probes_and_closes(serve, make_app, settings, openai_for, yupp, admin):
-    server = serve(**settings)
-    client = openai_for(server)
-    yupp.script(*[Status(503)] * 3)
+def _open(client, yupp, *steps) -> None:
+    """Fail three requests (GATEWAY_BREAKER_FAILURES) to open yupp2Api's circuit; steps follow the three 503s."""
+    yupp.script(*[Status(503)] * 3, *steps)
     for _ in range(3):
         assert _fail(client).status_code == 503
-    # Open: the next request does not reach yupp2Api at all.
-    open_error = _fail(client)
-    assert open_error.status_code == 503 and open_error.body["code"] == "circuit_open"
-    assert int(open_error.response.headers["Retry-After"]) >= 1
-    assert len(chats(yupp)) == 3
-    status = _status(server.app.test_client(), admin)
-    assert status["circuit"]["state"] == "open" and status["circuit"]["consecutive_failures"] == 3
-    assert status["circuit"]["last_error"]["code"] == "upstream_unavailable"
-    time.sleep(1.1)
-    # Half-open: one probe goes through; it succeeds, so the circuit closes.
+
+
+def test_open_circuit_is_probed_by_a_request_nothing_else_serves(serve, settings, openai_for, yupp, admin):
+    server = serve(**{**settings, "GATEWAY_BREAKER_COOLDOWN_SECONDS": 60})
+    client = openai_for(server)
+    _open(client, yupp, Status(500))
+    circuit = _status(server.app.test_client(), admin)["circuit"]
+    assert circuit["state"] == "open" and circuit["consecutive_failures"] == 3
+    # Long before the cool-down ends, a request that only yupp2Api can serve probes it instead of being refused:
+    # this probe fails, and the circuit opens again at once, with a new cool-down.
+    assert _fail(client).body["code"] == "upstream_error"
+    reopened = _status(server.app.test_client(), admin)["circuit"]
+    assert reopened["state"] == "open" and reopened["consecutive_failures"] == 4
+    assert reopened["retry_at"] > circuit["retry_at"]
+    # The next probe finds it answering again: closed.
     assert client.chat.completions.create(model=CLAUDE, messages=HI).choices[0].message.content
-    assert len(chats(yupp)) == 4
-    status = _status(server.app.test_client(), admin)
-    assert status["circuit"]["state"] == "closed" and status["circuit"]["consecutive_failures"] == 0
-    assert status["circuit"]["last_success_at"]
+    assert len(chats(yupp)) == 5
+    closed = _status(server.app.test_client(), admin)["circuit"]
+    assert closed["state"] == "closed" and closed["consecutive_failures"] == 0 and closed["last_success_at"]
 
 
-@pytest.mark.slow  # waits out the cool-down
-def test_failed_probe_reopens_at_once(serve, settings, openai_for, yupp):
-    client = openai_for(serve(**settings))
-    yupp.script(*[Status(500)] * 4)
-    for _ in range(3):
-        _fail(client)
-    time.sleep(1.1)
-    assert _fail(client).body["code"] == "upstream_error"  # the probe itself, failing
-    assert _fail(client).body["code"] == "circuit_open"
-    assert len(chats(yupp)) == 4
+@pytest.mark.slow  # a probe that takes 0.8 s
+def test_while_a_probe_is_under_way_other_requests_are_refused(serve, settings, openai_for, yupp, admin):
+    server = serve(**{**settings, "GATEWAY_BREAKER_COOLDOWN_SECONDS": 60})
+    client = openai_for(server)
+    _open(client, yupp, Delay(0.8))  # the probe's answer takes a while
+    with ThreadPoolExecutor(1) as pool:
+        probe = pool.submit(client.chat.completions.create, model=CLAUDE, messages=HI)
+        assert wait_until(lambda: len(chats(yupp)) == 4, 5)
+        refused = _fail(client)  # the probe holds the circuit's one slot: no second request reaches yupp2Api
+        assert refused.status_code == 503 and refused.body["code"] == "circuit_open"
+        assert int(refused.response.headers["Retry-After"]) >= 1
+        assert len(chats(yupp)) == 4
+        assert probe.result(timeout=10).choices[0].message.content
+    assert _status(server.app.test_client(), admin)["circuit"]["state"] == "closed"
 
 
 def test_open_circuit_falls_back_to_the_other_provider(serve, settings, openai_for, bridge, yupp):
@@ -124,6 +132,21 @@ def test_circuit_state_is_shared_by_processes(make_app, settings, tmp_path):
         [sys.executable, "-c", code, state_file], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert json.loads(other_process.stdout) == {"allow": False, "state": "open"}, other_process.stderr
+
+
+def test_a_probe_before_the_cool_down_is_one_request_at_a_time(tmp_path):
+    path = str(tmp_path / "providers.json")
+    first = Breaker(FileState(path), failures=1, cooldown=60)
+    second = Breaker(FileState(path), failures=1, cooldown=60)
+    assert first.probe("p") and first.state_of("p") == "closed"  # closed: nothing to claim, the request just goes
+    first.failure("p", UpstreamError("down"))
+    assert not first.allow("p") and not second.allow("p")  # its cool-down runs: nobody is let in on the way
+    assert [first.probe("p"), second.probe("p")] == [True, False]  # one probe, whichever process asks first
+    assert second.state_of("p") == "half_open" and 55 < second.retry_in("p") <= 60  # the probe's lease
+    first.failure("p", UpstreamError("still down"))  # the probe failed: open again, and the slot is free
+    assert first.state_of("p") == "open" and second.probe("p")
+    second.success("p", 5.0)
+    assert second.state_of("p") == "closed" and second.allow("p")
 
 
 def test_only_one_process_gets_the_half_open_probe(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
+import openai
 import pytest
 import redis
 
@@ -15,7 +17,7 @@ from app.store.base import isoformat, parse_time
 from app.store.breaker_state import FileState
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.test_dashboard import row
-from tests.upstreams.fake_bridge import FakeBridge
+from tests.upstreams.fake_bridge import DEFAULT_REPLY, FakeBridge
 
 SID, MID = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
 HI = [{"role": "user", "content": "hi"}]
@@ -63,8 +65,7 @@ def kill_a_session_bridge(client, auth, admin, dead_url: str, other_url: str) ->
         response = chat(client, auth, "dead")
         assert response.status_code == 502, response.get_json()
         assert response.get_json()["error"]["code"] == "upstream_unreachable"
-    paused = chat(client, auth, "dead")
-    assert paused.status_code == 503 and paused.get_json()["error"]["code"] == "circuit_open"
+    assert bridges(client, admin)[dead_url]["circuit"]["state"] == "open"
 
 
 def test_dead_session_bridge_opens_only_its_own_circuit(make_app, settings, bridge, other_bridge, auth, admin):
@@ -86,6 +87,89 @@ def test_dead_session_bridge_opens_only_its_own_circuit(make_app, settings, brid
     # Three requests of three attempts each: three failures, not nine.
     assert circuit["consecutive_failures"] == circuit["errors"] == circuit["requests"] == FAILURES
     assert circuit["last_error"]["code"] == "upstream_unreachable"
+
+
+def chats(fake) -> list:
+    return [r for r in fake.requests if r.path == "/v1/chat/completions"]
+
+
+def ask(client: openai.OpenAI, text: str = "hi", stream: bool = False) -> str:
+    """Return the answer's text to one chat through the official client."""
+    messages = [{"role": "user", "content": text}]
+    if not stream:
+        return client.chat.completions.create(model="gpt-5", messages=messages).choices[0].message.content
+    chunks = client.chat.completions.create(model="gpt-5", messages=messages, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+@pytest.mark.parametrize(
+    ("marker", "code"),
+    [
+        ("midfail", "bridge_error"),  # the generation broke mid-way: a JSON answer is a 500 with the marker
+        ("disconnect", "bridge_error"),
+        # The bridge's own "Response timed out after N seconds.", 0.3 s each time: slow.
+        pytest.param("hang", "upstream_timeout", marks=pytest.mark.slow),
+        ("error", "rate_limit_exceeded"),
+        ("cloudflare", "upstream_verification"),
+    ],
+)
+def test_lmarena_failures_through_a_healthy_bridge_never_open_its_circuit(
+    serve, openai_for, settings, bridge, admin, marker, code
+):
+    server = serve(**settings)
+    client = openai_for(server)
+    for _ in range(FAILURES + 1):
+        with pytest.raises(openai.APIStatusError) as caught:
+            ask(client, f"hi [[fake:{marker}]]")
+        assert caught.value.body["code"] == code
+    # The bridge answered every time: plain requests still reach it, and its circuit counted nothing.
+    assert ask(client) == DEFAULT_REPLY
+    circuit = bridges(server.app.test_client(), admin)[bridge.url]["circuit"]
+    assert (circuit["state"], circuit["consecutive_failures"], circuit["errors"]) == ("closed", 0, 0)
+    # One generation per request: a tab that failed generating is not asked again (LMARENA_BRIDGE_MAX_RETRIES=2).
+    assert len(chats(bridge)) == FAILURES + 2
+
+
+@pytest.mark.parametrize(("marker", "code"), [("midfail", "bridge_error"), ("drop", "upstream_stream_broken")])
+def test_a_failure_after_content_never_counts(serve, openai_for, settings, bridge, admin, marker, code):
+    server = serve(**settings)
+    client = openai_for(server)
+    for _ in range(FAILURES + 1):
+        with pytest.raises(openai.APIError) as caught:
+            ask(client, f"hi [[fake:{marker}]]", stream=True)
+        assert caught.value.body["code"] == code  # the error chunk after "Hello from"
+    assert ask(client, stream=True) == DEFAULT_REPLY
+    circuit = bridges(server.app.test_client(), admin)[bridge.url]["circuit"]
+    assert (circuit["state"], circuit["consecutive_failures"], circuit["errors"]) == ("closed", 0, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_dead_session_bridge_is_named_to_clients_without_its_url(make_app, bridge, auth, admin, caplog, stream):
+    client = make_app().test_client()
+    port = free_port()
+    dead_url = f"http://127.0.0.1:{port}/private-tab-path"
+    register(client, admin, "dead", dead_url)
+    body = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    response = client.post("/v1/chat/completions", json=body, headers={**auth, "X-Session-Name": "dead"})
+    assert response.status_code == 502
+    error = response.get_json()["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert error["message"].startswith("The session's bridge cannot be reached (connection refused).")
+    answer = response.get_data(as_text=True)
+    assert str(port) not in answer and "private-tab-path" not in answer
+    # The admin still finds the URL: in the log, and in /providers/status.
+    assert dead_url in caplog.text
+    assert bridges(client, admin)[dead_url]["circuit"]["last_error"]["code"] == "upstream_unreachable"
+    assert str(port) not in json.dumps(bridges(client, admin)[dead_url]["circuit"]["last_error"])
+
+
+def test_the_configured_bridge_is_named_to_clients_without_its_url(make_app, auth):
+    port = free_port()
+    client = make_app(LMARENA_BRIDGE_BASE_URL=f"http://127.0.0.1:{port}").test_client()
+    response = chat(client, auth)
+    assert response.status_code == 502
+    assert response.get_json()["error"]["message"].startswith("LMArena Bridge cannot be reached")
+    assert str(port) not in response.get_data(as_text=True)
 
 
 def test_retries_in_one_request_count_once(make_app, settings, other_bridge, auth, admin):
@@ -120,8 +204,12 @@ def test_other_processes_bridges_come_from_the_shared_state(make_app, settings, 
     known = bridges(second, admin)
     assert known[dead_url]["source"] == known[other_bridge.url]["source"] == "shared_state"
     assert known[dead_url]["circuit"]["state"] == "open"
-    paused = chat(second, auth, "dead")
-    assert paused.status_code == 503 and paused.get_json()["error"]["code"] == "circuit_open"
+    # Nothing else serves "dead": this process probes the bridge (one request at a time), which fails, and the
+    # circuit stays open for both.
+    probe = chat(second, auth, "dead")
+    assert probe.status_code == 502 and probe.get_json()["error"]["code"] == "upstream_unreachable"
+    circuit = bridges(first, admin)[dead_url]["circuit"]
+    assert circuit["state"] == "open" and circuit["consecutive_failures"] == FAILURES + 1
 
 
 def test_health_counts_bridges_without_naming_them(make_app, settings, bridge, other_bridge, auth, admin):
@@ -147,7 +235,7 @@ def test_dashboard_lists_each_bridge(make_app, settings, bridge, other_bridge, a
     assert row(page, "bridges", bridge.url)[1:3] == ["configured", "closed"]
     dead = row(page, "bridges", dead_url)
     assert dead[1:3] == ["session", "open"] and dead[3] != "—"
-    assert dead[4] == "—"  # not paused: only a pool pauses a bridge
+    assert dead[4] != "—"  # paused too: the outcome table pauses an unreachable bridge, in a pool or not
     assert dead[5:8] == [str(FAILURES)] * 3
     assert "refused" in dead[9]
 

@@ -70,6 +70,17 @@ def test_cron_cleanup_needs_the_cron_token(cron_app, headers, query):
     assert names(cron_app) == ["old", "recent"]
 
 
+def test_the_query_token_works_but_the_log_says_to_use_the_header(cron_app, caplog):
+    client = cron_app.test_client()
+    assert client.get("/cron/cleanup?dry_run=1", headers={"X-Cron-Token": TOKEN}).status_code == 200
+    assert "access logs" not in caplog.text
+    # For cron hosts that cannot send headers: it works, and the admin is told the token went into access logs.
+    assert client.get(f"/cron/cleanup?token={TOKEN}&dry_run=1").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "access logs" in w and "X-Cron-Token" in w]
+    assert TOKEN not in caplog.text
+
+
 def test_cron_cleanup_is_disabled_without_a_token(client):
     response = client.post("/cron/cleanup", headers={"X-Cron-Token": ""})
     assert response.status_code == 403
@@ -111,3 +122,36 @@ def test_documented_flask_command_runs_against_the_store(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["sessions"]["removed"][0]["session_name"] == "old"
     assert [s.session_name for s in JsonSessionStore(str(path)).list()] == ["fresh"]
+
+
+def test_cli_days_zero_needs_all_because_it_removes_every_session(cron_app):
+    runner = cron_app.test_cli_runner()
+    refused = runner.invoke(args=["cleanup-sessions", "--days", "0"])
+    assert refused.exit_code == 2
+    assert "--all" in refused.output
+    assert names(cron_app) == ["old", "recent"]
+    listed = runner.invoke(args=["cleanup-sessions", "--days", "0", "--dry-run"])  # a dry run removes nothing
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)["sessions"]["count"] == 2
+    assert runner.invoke(args=["cleanup-sessions", "--all", "--days", "5"]).exit_code == 2  # which one is meant?
+    assert names(cron_app) == ["old", "recent"]
+    every = runner.invoke(args=["cleanup-sessions", "--all"])
+    assert every.exit_code == 0, every.output
+    assert json.loads(every.output)["days"] == 0
+    assert names(cron_app) == []
+
+
+def test_cron_days_zero_needs_all_because_it_removes_every_session(cron_app):
+    client = cron_app.test_client()
+    cron = {"X-Cron-Token": TOKEN}
+    refused = client.post("/cron/cleanup?days=0", headers=cron)
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["param"] == "days" and "all=1" in refused.get_json()["error"]["message"]
+    assert names(cron_app) == ["old", "recent"]
+    assert client.post("/cron/cleanup?days=0&dry_run=1", headers=cron).get_json()["sessions"]["count"] == 2
+    conflicting = client.post("/cron/cleanup?days=5&all=1", headers=cron)
+    assert conflicting.status_code == 400 and conflicting.get_json()["error"]["param"] == "all"
+    assert names(cron_app) == ["old", "recent"]
+    every = client.post("/cron/cleanup?all=1", headers=cron)
+    assert every.status_code == 200 and every.get_json()["sessions"]["count"] == 2
+    assert names(cron_app) == []

@@ -72,3 +72,9 @@ def test_an_oversized_event_detail_is_refused_and_not_stored(app, client):
     refused = event(client, token, detail={"text": "x" * 2000})
     assert refused.status_code == 400 and refused.get_json()["error"]["param"] == "detail"
     assert event(client, token, detail={"step": "register", "status": 500}).status_code == 202
+
+
+def test_made_up_tokens_share_their_address_allowance_on_an_open_gateway(make_app):
+    client = make_app(GATEWAY_ADMIN_KEY="", GATEWAY_EVENT_RATE_PER_MINUTE=3).test_client()
+    statuses = [event(client, f"v1.made-up.{n}").status_code for n in range(5)]
+    assert statuses == [202, 202, 202, 429, 429]

@@ -82,6 +82,7 @@ def test_the_page_counts_the_real_requests(traffic):
     assert session[1:3] == ["team-a", "active"]
     assert session[4] == "—"  # registered with the admin key, without saying where the ids came from
     assert session[7:9] == ["1", "0"]  # the one request sent with X-Session-Name, and no errors
+    assert session[10:13] == ["—", "0", "—"]  # no userscript: no capture, no script errors
     assert re.search(r'id="session-counts">1 / 1<', html)
 
 
@@ -152,6 +153,21 @@ def test_upstream_error_text_is_escaped(live, openai_client, bridge, admin):
     assert "<img" not in html
     assert "&lt;img src=x onerror=alert(1)&gt; broke" in html
     assert row(page, "providers", "lmarena_bridge")[3] == "closed"
+
+
+def test_sessions_table_shows_the_userscripts_last_capture_and_errors(traffic, admin):
+    sent = {"domain": "lmarena.ai", "session_name": "team-a"}
+    assert traffic.post("/analytics/event", json={**sent, "kind": "capture"}, headers=admin).status_code == 202
+    for status in (500, "<b>401</b>"):
+        error = {**sent, "kind": "error", "detail": {"step": "register", "status": status}}
+        assert traffic.post("/analytics/event", json=error, headers=admin).status_code == 202
+    page = traffic.get("/dashboard", headers=admin)
+    cells = row(page, "sessions", "lmarena.ai")
+    assert cells[1] == "team-a"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", cells[10])  # last capture
+    assert cells[11] == "2"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d: step=register status=<b>401</b>", cells[12])
+    assert "&lt;b&gt;401&lt;/b&gt;" in page.get_data(as_text=True)  # the script's words are shown, never run
 
 
 def test_with_analytics_off_it_still_shows_providers_and_sessions(make_app, admin):

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ADMIN_KEY, CLIENT_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ("GATEWAY_ADMIN_KEY", "GATEWAY_CRON_TOKEN", "GATEWAY_USERSCRIPT_SECRET", "GATEWAY_API_KEYS")
+CRON = "cron-token-of-the-deployed-gateway"
 
 
 def tracked_files() -> list[str]:
@@ -124,6 +127,34 @@ def test_a_bad_setting_stops_before_restarting(home):
     assert result.returncode != 0
     assert "LMARENA_BRIDGE_TIMEOUT" in result.stderr
     assert not (home / "tmp" / "restart.txt").exists()
+
+
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
+def test_deploy_ends_with_the_smoke_check_of_the_url(home, serve):
+    gateway = serve(GATEWAY_CRON_TOKEN=CRON)
+    keys = f"GATEWAY_API_KEYS={CLIENT_KEY},sk-gw-second\nGATEWAY_ADMIN_KEY={ADMIN_KEY}\nGATEWAY_CRON_TOKEN={CRON}\n"
+    (home / ".env").write_text(keys)
+    result = deploy(home, "--url", gateway.url)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = result.stdout[result.stdout.index(f"checking {gateway.url}") :]
+    for step in ("health", "models", "chat", "stream", "sessions", "cleanup"):
+        assert f"  ok    {step:9} " in report, step
+    assert "every check passed" in report and report.rstrip().endswith("deploy: done")
+    assert CLIENT_KEY not in result.stdout and ADMIN_KEY not in result.stdout
+
+
+@pytest.mark.slow  # a copy of the tree, a virtualenv, deploy.sh
+def test_deploy_fails_when_the_smoke_check_fails(home, serve, bridge):
+    gateway = serve()
+    (home / ".env").write_text(f"GATEWAY_API_KEYS={CLIENT_KEY}\nGATEWAY_ADMIN_KEY={ADMIN_KEY}\n")
+    bridge.no_browser = True
+    result = deploy(home, "--url", gateway.url)
+
+    assert result.returncode == 1
+    assert "  FAIL  chat      503 bridge_no_browser: " in result.stdout
+    assert "/cron/cleanup" in result.stdout  # the rest of the deployment still reported
+    assert f"deployed, but the check of {gateway.url} failed" in result.stderr
 
 
 def test_scripts_pass_shellcheck():

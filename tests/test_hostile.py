@@ -81,3 +81,21 @@ def test_control_characters_in_headers_are_refused_by_the_server(live):
     status, headers, _ = send(live, "GET", "/health", {"X-Request-Id": "abc\x00def"})
     assert status == 400 and "abc" not in headers.get("X-Request-Id", "")
     assert still_serves(live)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        b"9999999999.\xc3\xa9\xc3\xa9",  # UTF-8 in the signature
+        b"9999999999.\xff",  # not UTF-8 at all
+        "\u00b2\u00b2.ab".encode(),  # digits int() refuses
+        b"9" * 5000 + b".ab",  # over int()'s 4,300 digits
+        b'"9999999999.\\351"',  # a quoted cookie with an octal escape
+    ],
+    ids=["utf8 signature", "latin-1 byte", "superscript digits", "5000 digits", "quoted escape"],
+)
+def test_a_forged_dashboard_cookie_is_not_signed_in_and_never_a_500(live, cookie):
+    status, _, body = send(live, "GET", "/dashboard", {"Cookie": b"gateway_dashboard=" + cookie})
+    assert status == 401
+    assert b"Sign in" in body
+    assert still_serves(live)

@@ -17,6 +17,7 @@ from tests.conftest import CLIENT_KEY
 from tests.helpers.redis_server import free_port
 from tests.test_dashboard import row
 from tests.upstreams.fake_bridge import FakeBridge
+from tests.upstreams.script import Status
 
 A = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222")
 B = ("33333333-3333-4333-8333-333333333333", "44444444-4444-4444-8444-444444444444")
@@ -260,6 +261,34 @@ def test_failure_after_content_is_an_error_chunk_and_pauses_nobody(app, client, 
     assert all(breaker.snapshot(bridge_key(f.url))["errors"] == 0 for f in tabs)
 
 
+@pytest.mark.parametrize("who", ["session", "default-bridge"])
+@pytest.mark.parametrize(
+    ("step", "pause"), [(None, 45), (Status(429, retry_after=120), 120)], ids=["lmarena", "bridge-own"]
+)
+def test_rate_limit_outside_a_pool_says_when_the_pause_ends_and_pools_honour_it(
+    make_app, admin, auth, tabs, bridge, who, step, pause
+):
+    client = make_app(GATEWAY_POOL_COOLDOWN_SECONDS=45).test_client()
+    one, two = tabs
+    limited = one if who == "session" else bridge
+    register(client, admin, "tab-one", A, one.url if who == "session" else None)  # None: the default bridge
+    register(client, admin, "tab-two", B, two.url)
+    if step is None:
+        limited.marker = "error"  # lmarena.ai's 429 through the bridge, which carries no Retry-After
+    else:
+        limited.script(step)  # a 429 of the bridge's own, with a Retry-After longer than the cooldown
+    headers = {**auth, "X-Session-Name": "tab-one"} if who == "session" else auth
+    response = chat(client, headers)
+    assert response.status_code == 429 and response.get_json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(response.headers["Retry-After"]) == pause
+    breaker = client.application.extensions["router"].breaker
+    assert pause - 5 < breaker.cooldown_left(bridge_key(limited.url)) <= pause
+    assert breaker.snapshot(bridge_key(limited.url))["errors"] == 0  # the session's trouble, not the bridge's
+    # The pause is the tab's, whichever request found it: the pool passes it over.
+    assert {text_of(chat(client, {**auth, **POOL})) for _ in range(4)} == {"from tab two"}
+    assert len(chats(limited)) == 1
+
+
 def image(gateway, **headers):
     return gateway.images.generate(model="nano-banana", prompt="a cat", extra_headers={**POOL, **headers})
 
@@ -320,7 +349,8 @@ def test_status_and_dashboard_show_each_member_paused_until_when_and_why(client,
     assert (paused["state"], paused["base_url"], paused["active"]) == ("paused", one.url, True)
     left = datetime.fromisoformat(paused["cooldown_until"]) - datetime.now(UTC)
     assert timedelta(seconds=50) < left <= timedelta(seconds=60)
-    assert paused["last_error"]["code"] == "bridge_no_browser" and (paused["requests"], paused["errors"]) == (0, 0)
+    # The bridge answered (its tab had no browser): a request, and no error of the bridge's.
+    assert paused["last_error"]["code"] == "bridge_no_browser" and (paused["requests"], paused["errors"]) == (1, 0)
     assert (ready["state"], ready["cooldown_until"], ready["last_error"], ready["requests"]) == ("ready", None, None, 3)
     # The same bridge in the bridges list carries the pause too.
     bridges = next(p for p in status["data"] if p["name"] == "lmarena_bridge")["bridges"]

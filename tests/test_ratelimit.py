@@ -145,6 +145,16 @@ def test_over_the_limit_is_an_openai_429_and_never_reaches_upstream(make_app, au
     assert client.get("/health").status_code == 200  # the rest of the gateway does not count
 
 
+def test_the_built_in_default_is_off_and_sends_no_ratelimit_headers(client, app, auth):
+    from app.config import SETTINGS
+
+    assert next(s.default for s in SETTINGS if s.name == "GATEWAY_RATE_LIMIT_PER_MINUTE") == 0  # as the README says
+    assert app.config["GATEWAY_RATE_LIMIT_PER_MINUTE"] == 0
+    answer = client.post("/v1/chat/completions", json=HI, headers=auth)
+    assert answer.status_code == 200
+    assert not [name for name in answer.headers.keys() if name.lower().startswith("x-ratelimit-")]
+
+
 def test_each_key_has_its_own_allowance_and_wrong_keys_do_not_count(make_app, bridge):
     app = make_app(GATEWAY_API_KEYS="sk-one,sk-two", GATEWAY_RATE_LIMIT_PER_MINUTE=60, GATEWAY_RATE_LIMIT_BURST=1)
     client = app.test_client()

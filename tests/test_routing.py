@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import openai
@@ -283,3 +284,40 @@ def test_model_ids_are_built_once_until_a_list_changes(make_app, with_yupp, yupp
     bridge_provider.files._models._next_check = 0.0
     after_edit = bridge_provider.known_models()
     assert "edited-in-file" in after_edit and "from-file" not in after_edit
+
+
+@pytest.mark.slow  # two first-byte timeouts of 0.5 s
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_silent_bridge_is_never_asked_twice_and_the_fallback_serves(gateway, openai_for, bridge, yupp, stream):
+    yupp.models = {**yupp.models, "gpt-5": "OpenAI"}
+    client = openai_for(
+        gateway(
+            LMARENA_BRIDGE_TIMEOUT=0.5,
+            LMARENA_BRIDGE_MAX_RETRIES=2,
+            GATEWAY_MODEL_ROUTES=json.dumps({"gpt-5": ["bridge_direct", "yupp2api"]}),
+        )
+    )
+    bridge.headers_delay = 3  # the tab may still be generating when the gateway gives up on it
+    raw = client.chat.completions.with_raw_response.create(model="gpt-5", messages=HI, stream=stream)
+    assert raw.headers["X-Gateway-Provider"] == "yupp2api"
+    assert len(chats(bridge)) == 1 and len(chats(yupp)) == 1
+
+
+@pytest.mark.slow  # runs a 1.5 s budget out
+def test_a_spent_budget_says_how_long_it_waited(gateway, openai_for, bridge, yupp):
+    yupp.models = {**yupp.models, "gpt-5": "OpenAI"}
+    client = openai_for(
+        gateway(
+            GATEWAY_REQUEST_BUDGET_SECONDS=1.5,
+            LMARENA_BRIDGE_TIMEOUT=1,
+            GATEWAY_MODEL_ROUTES=json.dumps({"gpt-5": ["bridge_direct", "yupp2api"]}),
+        )
+    )
+    bridge.headers_delay = 3
+    yupp.script(Delay(3))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="gpt-5", messages=HI)
+    assert caught.value.status_code == 504 and caught.value.body["code"] == "request_budget_exceeded"
+    # The bridge's 1 s, then what was left for yupp2Api (LMARENA_BRIDGE_MAX_RETRIES=1: never spent on the bridge).
+    assert re.search(r"waited 1\.[5-9] s over 2 attempts", caught.value.message), caught.value.message
+    assert len(chats(bridge)) == 1 and len(chats(yupp)) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -35,8 +36,10 @@ def own_bridge():
 
 
 @pytest.fixture
-def gateway(make_app, with_yupp):
+def gateway(request, make_app, with_yupp):
+    """The gateway with every secret set, logging each request (GATEWAY_LOG_FORMAT: the param, else text)."""
     return make_app(
+        GATEWAY_LOG_FORMAT=getattr(request, "param", "text"),
         **with_yupp,
         GATEWAY_API_KEYS=CLIENT,
         GATEWAY_ADMIN_KEY=ADMIN,
@@ -50,7 +53,8 @@ def gateway(make_app, with_yupp):
     )
 
 
-def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp, own_bridge, caplog):
+@pytest.mark.parametrize("gateway", ["text", "json"], indirect=True)
+def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp, own_bridge, caplog, capsys):
     caplog.set_level("DEBUG")
     client = gateway.test_client()
     user = {"Authorization": f"Bearer {CLIENT}"}
@@ -114,6 +118,16 @@ def test_nothing_secret_in_answers_headers_logs_or_storage(gateway, bridge, yupp
         assert leaks(shown) == [], (answer.request.path, answer.status_code)
     assert leaks(caplog.text) == []
     assert caplog.text.count("app.requests") >= len(answers)  # request lines were logged, at DEBUG level too
+    # What the gateway's own handler wrote to stderr, in the format chosen (the fakes here may write there too).
+    written = capsys.readouterr().err
+    assert leaks(written) == []
+    if gateway.config["GATEWAY_LOG_FORMAT"] == "json":
+        entries = [json.loads(line) for line in written.splitlines() if line.startswith('{"time": ')]
+        request_lines = [e for e in entries if e["logger"] == "app.requests"]
+        assert len(request_lines) >= len(answers) and all(e["request_id"] for e in request_lines)
+        assert {e["logger"] for e in entries} > {"app.requests"}  # debug and info lines of other modules too
+    else:
+        assert written.count(" INFO app.requests: ") >= len(answers)
     assert bridge.requests[0].headers["authorization"] == f"Bearer {BRIDGE_KEY}"  # the key was in use, and not shown
     sent = {r.headers.get("authorization") for r in own_bridge.requests if r.path == "/v1/chat/completions"}
     assert sent == {f"Bearer {SESSION_BRIDGE}"}  # only to its own bridge

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -101,6 +102,34 @@ def test_register_rejects_bad_fields_and_stores_nothing(app, client, admin, fiel
         assert str(value)[:8] not in response.get_data(as_text=True)  # a secret, even a bad one, is not echoed
     with app.app_context():
         assert get_store().list() == []
+
+
+# Each field a registration stores, with a raw JSON escape of a lone surrogate (\ud800 without its pair) put in at MARK.
+LONE_SURROGATES = [
+    ("models", {"MARK": "x"}),
+    ("models", {"gpt-5": "xMARK"}),
+    ("bridge_api_key", "sk-MARK"),
+    ("bridge_base_url", "http://127.0.0.1:5102/MARK"),
+    ("session_name", "aMARK"),
+    ("pool", "MARK"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), LONE_SURROGATES, ids=[f"{f}={v!r}" for f, v in LONE_SURROGATES])
+def test_register_refuses_a_lone_surrogate_and_stores_nothing(app, client, admin, field, value):
+    raw = json.dumps(body(**{field: value})).replace("MARK", "\\ud800")
+    response = client.post("/session/register", data=raw, headers={**admin, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]["type"] == "invalid_request_error"
+    with app.app_context():
+        assert get_store().list() == []
+
+
+def test_heartbeat_refuses_a_lone_surrogate(client, admin):
+    assert client.post("/session/register", json=body(), headers=admin).status_code == 201
+    raw = '{"domain": "lmarena.ai", "session_name": "team-a", "note": "\\ud800"}'
+    response = client.post("/session/heartbeat", data=raw, headers={**admin, "Content-Type": "application/json"})
+    assert response.status_code == 400
 
 
 def test_register_accepts_bridge_url_and_models(client, admin):

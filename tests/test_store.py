@@ -14,6 +14,7 @@ from app.ratelimit import RedisCells
 from app.store.base import KEEPABLE, Session, isoformat, parse_time, utcnow
 from app.store.breaker_state import RedisState
 from app.store.file_store import JsonSessionStore
+from app.store.inflight_leases import RedisSlots
 from app.store.redis_store import RedisSessionStore
 
 HOUR = timedelta(hours=1)
@@ -163,6 +164,7 @@ def test_redis_users_open_clients_through_one_factory(redis_server):
         RedisSessionStore(redis_server.url, timeout=30).client,
         RedisState(redis_server.url, timeout=30).client,
         RedisCells(redis_server.url, timeout=30).client,
+        RedisSlots(redis_server.url, timeout=30).client,
     ]
     wanted = {"socket_connect_timeout": 2.0, "socket_timeout": 30, "decode_responses": True}
     for client in clients:

@@ -24,6 +24,7 @@ def test_stream_sends_unbuffered_sse_headers_and_done(live, auth):
     assert result.headers["x-accel-buffering"] == "no"
     assert "no-cache" in result.headers["cache-control"]
     assert "content-length" not in result.headers
+    assert result.headers["x-gateway-provider"] == "lmarena_bridge"  # content came within the first keep-alive wait
     assert result.data[-1] == "[DONE]"
     assert all(frame.endswith(b"\n\n") for _, frame in result.frames)
 
@@ -42,6 +43,8 @@ def test_stream_sends_keepalives_while_waiting_for_first_token(live, auth, bridg
     result = stream_chat(live.url, _body(), auth)
     first_data = next(i for i, (_, frame) in enumerate(result.frames) if frame.startswith(b"data: "))
     assert len([f for _, f in result.frames[:first_data] if f == b": keep-alive\n\n"]) >= 2
+    # Its headers went out with the first keep-alive, before the bridge answered: they cannot name it (README).
+    assert "x-gateway-provider" not in result.headers
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in result.json_frames()) == (
         "Hello from the real bridge"
     )

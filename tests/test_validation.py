@@ -155,3 +155,44 @@ def test_images_validation_rejects_with_param(client, auth, bridge, body, param)
     assert response.status_code == 400
     assert response.get_json()["error"]["param"] == param
     assert bridge.requests == []
+
+
+# Bodies with a raw JSON escape of a lone surrogate put in at MARK: \ud800 without its pair decodes to a str no
+# UTF-8 writer (the upstream request, the answer, the stores) can encode.
+LONE_SURROGATES = [
+    ("content", "/v1/chat/completions", _with(messages=[{"role": "user", "content": "hi MARK"}])),
+    ("stream", "/v1/chat/completions", _with(stream=True, messages=[{"role": "user", "content": "MARK"}])),
+    ("user", "/v1/chat/completions", _with(user="MARK")),
+    ("unknown key", "/v1/chat/completions", _with(MARK=1)),
+    ("image model", "/v1/images/generations", {"prompt": "a cat", "model": "MARK"}),
+]
+
+
+def _lone(body: dict, escape: str = "\\ud800") -> str:
+    return json.dumps(body).replace("MARK", escape)
+
+
+@pytest.mark.parametrize(("name", "path", "body"), LONE_SURROGATES, ids=[b[0] for b in LONE_SURROGATES])
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDFFF"])
+def test_a_lone_surrogate_escape_is_400_and_never_reaches_upstream(client, auth, bridge, name, path, body, escape):
+    raw = _lone(body, escape)
+    response = client.post(path, data=raw, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_json" and "surrogate" in error["message"]
+    assert bridge.requests == []
+
+
+def test_a_lone_surrogate_in_a_utf16_body_is_400(client, auth, bridge):
+    raw = _lone(LONE_SURROGATES[0][2]).encode("utf-16")
+    response = client.post("/v1/chat/completions", data=raw, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    assert bridge.requests == []
+
+
+def test_a_surrogate_pair_escape_is_text(client, auth, bridge):
+    raw = '{"model":"gpt-5","messages":[{"role":"user","content":"smile \\ud83d\\ude00"}]}'
+    response = client.post("/v1/chat/completions", data=raw, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert bridge.requests[-1].json["messages"][0]["content"] == "smile \U0001f600"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from contextlib import suppress
 
 from ..errors import AnalyticsError
+from ..storage_folder import create_private
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +99,10 @@ def is_busy(exc: sqlite3.Error) -> bool:
 
 
 def _create_private(path: str) -> None:
-    directory = os.path.dirname(path) or "."
+    # Never opening an existing file matters here: a descriptor of the database closed by this process drops the
+    # recorder's POSIX locks, and other processes then read a WAL being reset under them ("disk I/O error").
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        # SQLite would create it with the umask; its -wal and -shm files copy this file's mode.
-        # O_EXCL, so an existing file is never opened here: closing any descriptor of the database drops every
-        # POSIX lock this process holds on it, the recorder's included, and other processes then read a WAL
-        # being reset under them ("disk I/O error").
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        os.close(fd)
+        create_private(path)
     except OSError as exc:
         raise AnalyticsError(f"The analytics database {path} cannot be created: {exc.strerror}.") from None
 

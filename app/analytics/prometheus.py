@@ -13,7 +13,7 @@ def _label(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(**labels: Any) -> str:
+def _label_set(**labels: Any) -> str:
     return "{" + ",".join(f'{name}="{_label(value)}"' for name, value in labels.items()) + "}"
 
 
@@ -21,8 +21,13 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-def render(snapshot: dict[str, Any]) -> str:
-    """Return /metrics text for a queries.metrics_snapshot() result."""
+def render(snapshot: dict[str, Any], instance: str) -> str:
+    """Return /metrics text for a queries.metrics_snapshot() result, every series labelled gateway_instance."""
+
+    def _labels(**labels: Any) -> str:
+        # Prometheus adds its own `instance` (the scraped address); this one names the gateway that answered.
+        return _label_set(gateway_instance=instance, **labels)
+
     lines = [
         "# HELP gateway_requests_total Requests answered, by provider, model and HTTP status (all processes).",
         "# TYPE gateway_requests_total counter",
@@ -62,6 +67,6 @@ def render(snapshot: dict[str, Any]) -> str:
     lines += [
         "# HELP gateway_analytics_dropped_total Events not recorded because the queue was full.",
         "# TYPE gateway_analytics_dropped_total counter",
-        f"gateway_analytics_dropped_total {totals.get('dropped', 0)}",
+        f"gateway_analytics_dropped_total{_labels()} {totals.get('dropped', 0)}",
     ]
     return "\n".join(lines) + "\n"

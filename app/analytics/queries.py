@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -17,6 +18,8 @@ from .writer import is_error
 Source = sqlite3.Connection | str | os.PathLike[str]
 MAX_BUCKETS = 1000
 MAX_SESSIONS = 10_000
+# How far back a session's userscript errors are counted: long enough to see last night's, short enough to show now.
+SCRIPT_ERROR_WINDOW = 86400
 DELETE_CHUNK = 5000  # rows per cleanup transaction, so recorders wait milliseconds for the lock, not seconds
 
 
@@ -75,23 +78,58 @@ def summary(source: Source, window_seconds: float, *, now: float | None = None) 
     return result
 
 
-def sessions(source: Source, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Return per (domain, session_name) requests, errors, last_seen and tokens, most recently seen first."""
-    where = "kind = 'request' AND domain IS NOT NULL AND session_name IS NOT NULL"
-    params: list[Any] = []
+def sessions(
+    source: Source, *, since: float | None = None, limit: int = 1000, now: float | None = None
+) -> list[dict[str, Any]]:
+    """Return per (domain, session_name) requests, errors, last request and tokens, most recently seen first.
+
+    With what its userscript reported (POST /analytics/event): its last capture of LMArena ids, its errors in the
+    SCRIPT_ERROR_WINDOW before now, and its last error. A session its script reported on but no request used is
+    listed too, with no requests.
+    """
+    now = time.time() if now is None else now
+    scope, scoped = "domain IS NOT NULL AND session_name IS NOT NULL", []
     if since is not None:
-        where += " AND ts >= ?"
-        params.append(since)
-    params.append(max(1, min(int(limit), MAX_SESSIONS)))
+        scope += " AND ts >= ?"
+        scoped.append(since)
     with _opened(source) as conn:
         rows = conn.execute(
-            "SELECT domain, session_name, COUNT(*), SUM(status >= 400 OR error_code IS NOT NULL), MAX(ts), "
-            f"COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM events WHERE {where} "
+            "SELECT domain, session_name, SUM(kind = 'request'), "
+            "SUM(kind = 'request' AND (status >= 400 OR error_code IS NOT NULL)), "
+            "MAX(CASE WHEN kind = 'request' THEN ts END), "
+            "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+            "MAX(CASE WHEN kind = 'capture' THEN ts END), SUM(kind = 'error' AND ts >= ?), "
+            "MAX(CASE WHEN kind = 'error' THEN ts END) "
+            f"FROM events WHERE kind IN ('request', 'capture', 'error') AND {scope} "
             "GROUP BY domain, session_name ORDER BY MAX(ts) DESC, domain, session_name LIMIT ?",
-            params,
+            [now - SCRIPT_ERROR_WINDOW, *scoped, max(1, min(int(limit), MAX_SESSIONS))],
         ).fetchall()
-    keys = ("domain", "session_name", "requests", "errors", "last_seen", "prompt_tokens", "completion_tokens")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+        result = []
+        for domain, name, requests, errors, last_request, prompt, completion, capture, script_errors, erred in rows:
+            last_error = None
+            if erred is not None:
+                # One seek on the (domain, session_name, ts) index per session whose script reported an error.
+                found = conn.execute(
+                    "SELECT detail FROM events WHERE domain = ? AND session_name = ? AND ts = ? AND kind = 'error' "
+                    "ORDER BY id DESC LIMIT 1",
+                    (domain, name, erred),
+                ).fetchone()
+                last_error = {"ts": erred, "detail": _parsed(found[0] if found else None)}
+            result.append(
+                {
+                    "domain": domain,
+                    "session_name": name,
+                    "requests": requests,
+                    "errors": errors,
+                    "last_seen": last_request,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "last_capture": capture,
+                    "script_errors_24h": script_errors,
+                    "last_script_error": last_error,
+                }
+            )
+    return result
 
 
 def timeseries(source: Source, window_seconds: float, buckets: int, *, now: float | None = None) -> list[dict]:
@@ -219,6 +257,16 @@ def _opened(source: Source) -> Iterator[sqlite3.Connection]:
             conn.close()
     except sqlite3.Error as exc:
         raise AnalyticsError(f"The analytics database cannot be read: {exc}.") from None
+
+
+def _parsed(detail: str | None) -> Any:
+    """Return an event's stored detail as the script sent it (JSON), or the text when it is not JSON."""
+    if detail is None:
+        return None
+    try:
+        return json.loads(detail)
+    except ValueError:
+        return detail
 
 
 def _positive(seconds: float) -> float:

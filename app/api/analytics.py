@@ -13,6 +13,7 @@ from ..analytics import recorder
 from ..analytics.prometheus import CONTENT_TYPE, render
 from ..auth import ADMIN, IN_VIEW, METRICS, Guard, require_session
 from ..errors import InvalidRequestError, NotFoundError
+from ..logs import instance_id
 from ..ratelimit import limit_events
 from ..session_rules import check_domain, check_name
 from ..validation import read_json_body
@@ -59,7 +60,7 @@ def summary():
 
 @bp.get("/analytics/sessions")
 def sessions():
-    """Per session and domain: requests, errors, last seen, tokens."""
+    """Per session and domain: requests, errors, last request, tokens; its userscript's last capture and errors."""
     with _source() as source:
         return {"object": "list", "data": source.sessions()}
 
@@ -76,9 +77,11 @@ def custom_event():
     """Record a userscript's event (capture, heartbeat, error, info) for its session; token-scoped like register."""
     body = read_json_body(MAX_EVENT_BODY)
     domain, name = check_domain(body.get("domain")), check_name(body.get("session_name"))
-    if require_session(domain, name) is not None or not current_app.config["GATEWAY_ADMIN_KEY"]:
-        # A script's events (or anyone's, on an open gateway) are counted; the admin's are not.
-        limit_events(request.headers.get("X-Registration-Token", "").strip())
+    scope = require_session(domain, name)
+    if scope is not None or not current_app.config["GATEWAY_ADMIN_KEY"]:
+        # A script's events (or anyone's, on an open gateway) are counted; the admin's are not. Only a genuine token
+        # has a count of its own: made-up ones would each start a fresh allowance.
+        limit_events(request.headers.get("X-Registration-Token", "").strip() if scope is not None else "")
     kind = body.get("kind")
     if kind not in EVENT_KINDS:
         raise InvalidRequestError(f"'kind' must be one of {', '.join(EVENT_KINDS)}.", param="kind")
@@ -107,4 +110,5 @@ def custom_event():
 @bp.get("/metrics")
 def metrics():
     """Prometheus metrics summed over this instance's processes (Bearer GATEWAY_METRICS_TOKEN when set)."""
-    return Response(render(analytics.metrics_snapshot(_database())), content_type=CONTENT_TYPE)
+    text = render(analytics.metrics_snapshot(_database()), instance_id(current_app.config))
+    return Response(text, content_type=CONTENT_TYPE)

@@ -54,7 +54,7 @@ def create_chat_completion():
         _, completion = dispatcher.complete(chat)
     finally:
         # Failed or not, say who was asked last: the response header, the log line and analytics use it.
-        record.served_by(dispatcher.last_provider, dispatcher.attempt_count)
+        record.served_by(dispatcher.last_provider, dispatcher.attempt_count, dispatcher.last_bridge)
     return _complete(completion, chat, record)
 
 
@@ -68,9 +68,9 @@ def _stream(opening: Opening, record: request_record.RequestRecord) -> Response:
     # Work for one keep-alive interval before answering, so a refusal still gets its real HTTP status.
     try:
         if opening.wait_one_interval():
-            record.served_by(opening.opened.provider.name)
+            record.served_by(opening.opened.provider.name, bridge=opening.dispatcher.last_bridge)
     except BaseException:
-        record.served_by(opening.dispatcher.last_provider)
+        record.served_by(opening.dispatcher.last_provider, bridge=opening.dispatcher.last_bridge)
         opening.close()
         raise
     record.stream_started(analytics.recorder())

@@ -31,6 +31,7 @@ WINDOWS = ("1h", "6h", "24h", "7d")
 REFRESH_RANGE = (5, 3600)
 DEFAULT_REFRESH = 30
 MAX_SESSION_ROWS = 200
+MAX_DETAIL_SHOWN = 120  # characters of a userscript error's detail in the sessions table
 
 
 def _choice(value: str | None) -> str | None:
@@ -187,10 +188,17 @@ def _sessions(usage: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
         rows.setdefault(key, {"domain": key[0], "session_name": key[1], "active": False, "registered": False})
         rows[key]["usage"] = row
     for row in rows.values():
-        used = row["usage"]
-        row["last_request_at"] = _stamp(used["last_seen"]) if used else ""
+        used = row["usage"] or {}
+        row["last_request_at"] = _stamp(used.get("last_seen"))
         row["last_heartbeat_at"] = (row.get("last_seen_at") or "")[:19].replace("T", " ")
-    ordered = sorted(rows.values(), key=lambda r: (r["active"], max(r["last_heartbeat_at"], r["last_request_at"])))
+        row["last_capture_at"] = _stamp(used.get("last_capture"))
+        row["script_errors"] = used.get("script_errors_24h", 0)
+        last_error = used.get("last_script_error")
+        row["last_script_error"] = last_error and {"at": _stamp(last_error["ts"]), "text": _said(last_error["detail"])}
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (r["active"], max(r["last_heartbeat_at"], r["last_request_at"], r["last_capture_at"])),
+    )
     ordered.reverse()
     return {
         "sessions": ordered[:MAX_SESSION_ROWS],
@@ -201,6 +209,16 @@ def _sessions(usage: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _stamp(epoch: float) -> str:
-    """Return a UTC time as the tables show it, which also sorts as text."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+def _stamp(epoch: float | None) -> str:
+    """Return a UTC time as the tables show it, which also sorts as text ("" for none)."""
+    return "" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def _said(detail: Any) -> str:
+    """Return what a userscript event's detail says, on one short line (`step=register status=401`)."""
+    if isinstance(detail, dict):
+        text = " ".join(f"{key}={value}" for key, value in detail.items())
+    else:
+        text = "" if detail is None else str(detail)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_DETAIL_SHOWN else text[: MAX_DETAIL_SHOWN - 1] + "…"

@@ -103,7 +103,10 @@ def _check_image_model(bridge: LMArenaBridge, model: str) -> None:
 
 def _generate(dispatcher: Dispatcher, chat: ChatRequest) -> list[str]:
     # Through the dispatcher: retries, time budget, circuit breakers and a pool's outcome table apply to images too.
-    _, completion = dispatcher.complete(chat)
+    try:
+        _, completion = dispatcher.complete(chat)
+    finally:
+        request_record.current().served_by(None, bridge=dispatcher.last_bridge)
     message = completion["choices"][0].get("message") if completion["choices"] else None
     text = message.get("content") if isinstance(message, dict) else None
     urls = IMAGE_MARKDOWN.findall(text) if isinstance(text, str) else []

@@ -22,17 +22,21 @@ from .yupp2api import Yupp2Api
 
 log = logging.getLogger(__name__)
 
+SESSION_BRIDGE = "The session's bridge"
+
 
 def init_app(app: Flask) -> None:
     """Build the providers from the settings; bad bridge files fail here, at start-up."""
     config = app.config
     files = BridgeFiles(config["LMARENA_BRIDGE_MODELS_FILE"], config["LMARENA_BRIDGE_CONFIG_FILE"])
 
-    def make_bridge(base_url: str, api_key: str | None = None) -> LMArenaBridge:
+    def session_bridge(base_url: str, api_key: str | None = None) -> LMArenaBridge:
+        # Its errors say "the session's bridge": its URL is for the log and the admin's /providers/status.
         settings = provider_settings(config, "LMARENA_BRIDGE", base_url)
         if not api_key:
-            return LMArenaBridge(settings, files)
-        return LMArenaBridge(replace(settings, api_key=api_key), files, key_source="the session's bridge_api_key")
+            return LMArenaBridge(settings, files, label=SESSION_BRIDGE)
+        settings, source = replace(settings, api_key=api_key), "the session's bridge_api_key"
+        return LMArenaBridge(settings, files, key_source=source, label=SESSION_BRIDGE)
 
     enabled = {
         name
@@ -48,7 +52,7 @@ def init_app(app: Flask) -> None:
     policy = RetryPolicy(
         config["GATEWAY_RETRY_BASE_DELAY"], config["GATEWAY_RETRY_MAX_DELAY"], config["GATEWAY_RETRY_AFTER_CAP"]
     )
-    bridge = make_bridge(config["LMARENA_BRIDGE_BASE_URL"])
+    bridge = LMArenaBridge(provider_settings(config, "LMARENA_BRIDGE"), files)
     app.extensions["router"] = Router(
         [bridge, Yupp2Api(provider_settings(config, "YUPP2API"))],
         enabled,
@@ -57,7 +61,7 @@ def init_app(app: Flask) -> None:
         budget=config["GATEWAY_REQUEST_BUDGET_SECONDS"],
         routes=config["GATEWAY_MODEL_ROUTES"],
         health_cache_seconds=config["GATEWAY_HEALTH_CACHE_SECONDS"],
-        bridges=BridgePool(bridge, make_bridge),
+        bridges=BridgePool(bridge, session_bridge),
         pool_cooldown=config["GATEWAY_POOL_COOLDOWN_SECONDS"],
     )
 

@@ -101,6 +101,9 @@ class Provider:
     label = "Provider"
     # The X-Provider header value that picks this provider.
     selector = "provider"
+    # True when the upstream drives one browser tab (LMArenaBridge): a failure may pause it (the outcome table's
+    # cooldown), and a generation that timed out may still be running there, so it is never asked twice for it.
+    tab = False
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings

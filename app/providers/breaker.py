@@ -19,7 +19,10 @@ EWMA = 0.3
 
 
 class Breaker:
-    """Open a circuit after `failures` consecutive failed requests; after `cooldown` let one request probe it.
+    """Open a circuit after `failures` consecutive failed requests; let one request at a time probe it.
+
+    A probe is due after `cooldown`; a request that has nowhere else to go may claim it sooner (probe()), as long as
+    no other request holds it.
 
     A circuit is named by its upstream's `Provider.breaker_key` (one per bridge URL). State lives in a shared
     record (FileState or RedisState), so all Passenger processes skip a dead upstream together. A healthy provider
@@ -40,12 +43,25 @@ class Breaker:
         record = self._get(name)
         if record.get("state", CLOSED) == CLOSED:
             return True
-        now = time.time()
-        if not _probe_due(record, now):
+        if not _probe_due(record, time.time()):
             return False
+        return self._claim(name, early=False)
+
+    def probe(self, name: str) -> bool:
+        """Return whether a request may go now, claiming an open circuit's probe even before its cool-down ends.
+
+        For a request with nowhere else to go: rather than refuse it for the whole cool-down, let it find out whether
+        the upstream is back, one request at a time (False while another request holds the probe).
+        """
+        return self._claim(name, early=True)
+
+    def _claim(self, name: str, early: bool) -> bool:
+        now = time.time()
 
         def claim(current):
-            if current.get("state", CLOSED) == CLOSED or not _probe_due(current, now):
+            state = current.get("state", CLOSED)
+            free = _probe_due(current, now) or (early and state == OPEN)
+            if state == CLOSED or not free:
                 return None
             return {**current, "state": HALF_OPEN, "probe_until": now + self.cooldown}
 
@@ -57,16 +73,19 @@ class Breaker:
             log.info("circuit for %s half-open: probing with one request", name)
         return claimed or record.get("state", CLOSED) == CLOSED
 
-    def success(self, name: str, latency_ms: float, new_request: bool = True) -> None:
-        """Record a success: closes the circuit, and now and then refreshes the shared statistics.
+    def success(self, name: str, latency_ms: float | None, new_request: bool = True) -> None:
+        """Record that the provider answered: closes the circuit, and now and then refreshes the shared statistics.
 
-        new_request is False when this request was already counted for name (it failed there first).
+        latency_ms is None for an answer that was an error not of the provider's making (lmarena.ai's, reported
+        through a healthy bridge, or the request's own): proof it is up, but no latency sample. new_request is
+        False when this request was already counted for name (it failed there first).
         """
         record = self._get(name)
         healthy = record.get("state", CLOSED) == CLOSED and not record.get("failures")
         with self._lock:
             samples = self._samples.setdefault(name, [])
-            samples.append(latency_ms)
+            if latency_ms is not None:
+                samples.append(latency_ms)
             self._requests[name] = self._requests.get(name, 0) + new_request
             now = time.monotonic()
             if healthy and now - self._flushed.get(name, 0.0) < self.stats_interval:
@@ -77,15 +96,17 @@ class Breaker:
         stamp = isoformat(utcnow())
 
         def close(current):
-            latency = sum(batch) / len(batch)
             previous = current.get("latency_ms")
+            latency = sum(batch) / len(batch) if batch else previous
+            if batch and previous is not None:
+                latency = EWMA * latency + (1 - EWMA) * previous
             return {
                 **current,
                 "state": CLOSED,
                 "failures": 0,
                 "requests": current.get("requests", 0) + requests,
                 "last_success_at": stamp,
-                "latency_ms": round(latency if previous is None else EWMA * latency + (1 - EWMA) * previous, 1),
+                "latency_ms": None if latency is None else round(latency, 1),
             }
 
         self._update(name, close)
@@ -95,8 +116,8 @@ class Breaker:
     def failure(self, name: str, error: GatewayError, new_request: bool = True) -> None:
         """Record a failed request; open the circuit at the threshold, or at once when a probe failed.
 
-        Call it once per request and circuit, however many attempts failed; new_request is False when the
-        request was already counted for name (a stream that failed after it started).
+        Call it once per request and circuit, however many attempts failed, and only for a failure the outcome table
+        counts (docs/RELIABILITY.md); new_request is False when the request was already counted for name.
         """
         now, stamp = time.time(), isoformat(utcnow())
         with self._lock:
@@ -155,14 +176,19 @@ class Breaker:
         return self._get(name).get("state", CLOSED)
 
     def retry_in(self, name: str) -> float | None:
-        """Return seconds until an open circuit admits a probe, or None when it is not open."""
+        """Return seconds until an open circuit surely admits a probe, or None when it is closed.
+
+        Open: its cool-down's end. Half-open: the end of the probe's lease (the probe itself usually ends sooner).
+        """
         record = self._get(name)
-        if record.get("state") != OPEN:
+        state = record.get("state", CLOSED)
+        if state == CLOSED:
             return None
-        return max(0.0, record.get("retry_at", 0) - time.time())
+        until = record.get("retry_at", 0) if state == OPEN else record.get("probe_until", 0)
+        return max(0.0, until - time.time())
 
     def cool_down(self, name: str, seconds: float, error: GatewayError | None = None) -> None:
-        """Pause a pool member (its bridge) for seconds, noting why, in the circuit's record; the circuit is unchanged.
+        """Pause a bridge (its browser tab) for seconds, noting why, in the circuit's record; the circuit is unchanged.
 
         The error becomes the record's last error, for the admin; it counts neither as a failure nor as an error.
         """
@@ -177,7 +203,7 @@ class Breaker:
         self._update(name, pause)
 
     def cooldown_left(self, name: str) -> float | None:
-        """Return seconds until a pool member in cooldown returns, or None (one cached read, as allow())."""
+        """Return seconds until a bridge in cooldown returns, or None (one cached read, as allow())."""
         left = self._get(name).get("cooldown_until", 0) - time.time()
         return left if left > 0 else None
 

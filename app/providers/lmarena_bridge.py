@@ -47,7 +47,8 @@ def _bridge_error(text: str) -> GatewayError:
     said = f" (bridge said: {text})"
     status = _LMARENA_STATUS.search(text)
     if status and status.group(1) == "429":
-        return RateLimitError("lmarena.ai is rate-limiting this session; retry later" + said, retry_after=30)
+        # lmarena.ai's 429 comes without a Retry-After: the outcome table's cooldown sets it (dispatch.py).
+        return RateLimitError("lmarena.ai is rate-limiting this session; retry later" + said)
     if any(marker in text for marker in _CLOUDFLARE):
         return UpstreamUnavailable(
             "lmarena.ai asked for a human (Cloudflare) check; the bridge is reloading the page, retry in a few seconds"
@@ -94,13 +95,20 @@ class LMArenaBridge(OpenAICompatible):
     name = "lmarena_bridge"
     label = "LMArena Bridge"
     selector = "bridge_direct"
+    tab = True
     stream_class = BridgeStream
     # The bridge has no /health; /v1/models needs no key, and 404 there only means models.json is empty.
     health_ok = frozenset({200, 404})
 
     def __init__(
-        self, settings: ProviderSettings, files: BridgeFiles | None = None, key_source: str = "LMARENA_BRIDGE_API_KEY"
+        self,
+        settings: ProviderSettings,
+        files: BridgeFiles | None = None,
+        key_source: str = "LMARENA_BRIDGE_API_KEY",
+        label: str | None = None,
     ) -> None:
+        if label:
+            self.label = label  # before the client is built: its errors name the bridge by it
         super().__init__(settings)
         self.files = files or BridgeFiles()
         # Where its key came from, for the message when the bridge refuses it: the setting, or a session's own.
@@ -138,8 +146,7 @@ class LMArenaBridge(OpenAICompatible):
         remote = self._remote_models.get()
         if remote is None and not listed:
             raise UpstreamError(
-                f"Cannot list models: {self.label} at {self.public_url} is not answering and "
-                "LMARENA_BRIDGE_MODELS_FILE is not set.",
+                f"Cannot list models: {self.label} is not answering and LMARENA_BRIDGE_MODELS_FILE is not set.",
                 code="upstream_unreachable",
             )
         for item in remote or ():

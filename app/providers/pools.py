@@ -6,12 +6,12 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..errors import GatewayError, RateLimitError, UpstreamUnavailable
 from ..store.base import Session
-from .base import ChatRequest
+from .base import ChatRequest, Provider
 from .breaker import Breaker
 from .lmarena_bridge import LMArenaBridge
 
@@ -22,25 +22,27 @@ log = logging.getLogger(__name__)
 class Outcome:
     """What one failure before the first content means, as docs/RELIABILITY.md's outcome table says."""
 
-    counts: bool  # against the circuit of that bridge URL
-    cooldown: bool  # the member is paused for GATEWAY_POOL_COOLDOWN_SECONDS (or the upstream's Retry-After)
-    once: bool = False  # only one more member is tried after it
+    counts: bool  # against the circuit of that bridge URL (of the provider, for yupp2Api)
+    cooldown: bool  # the bridge is paused for GATEWAY_POOL_COOLDOWN_SECONDS (or the upstream's Retry-After)
+    again: bool = False  # outside a pool, the same bridge may be asked again: the bridge itself failed
+    once: bool = False  # only one more member (or provider) is tried after it
 
 
-UNREACHABLE = Outcome(counts=True, cooldown=True)  # refused, reset before any byte, TLS, silent past first byte
-BRIDGE_FAILED = Outcome(counts=True, cooldown=False)  # the bridge's own 5xx, without lmarena.ai's marker
+UNREACHABLE = Outcome(counts=True, cooldown=True, again=True)  # refused, reset before any byte, TLS
+SILENT = Outcome(counts=True, cooldown=True)  # no byte before the first-byte timeout: the tab may still be generating
+BRIDGE_FAILED = Outcome(counts=True, cooldown=False, again=True)  # the bridge's own 5xx, without lmarena.ai's marker
 SESSION_SIDE = Outcome(counts=False, cooldown=True)  # no browser, waiting for refresh, rate limit, Cloudflare
 LMARENA_FAILED = Outcome(counts=False, cooldown=False, once=True)  # any other [LMArena Bridge Error] before content
 
 # The one table: error code (as the providers name each failure) -> outcome. A failure after content was sent is
-# none of these: the client gets an error chunk and nothing is retried or paused.
+# none of these: the client gets an error chunk, and nothing is retried, paused or counted.
 OUTCOMES: dict[str, Outcome] = {
     "upstream_unreachable": UNREACHABLE,
     "upstream_tls_failed": UNREACHABLE,
     "upstream_connect_timeout": UNREACHABLE,
     "upstream_stream_broken": UNREACHABLE,
-    "upstream_first_byte_timeout": UNREACHABLE,
-    "upstream_timeout": UNREACHABLE,  # a JSON answer's head (or body) not in within the first-byte timeout
+    "upstream_first_byte_timeout": SILENT,
+    "upstream_timeout": SILENT,  # a JSON answer's head (or body) not in within the first-byte timeout
     "bridge_no_browser": SESSION_SIDE,
     "upstream_verification": SESSION_SIDE,
     "rate_limit_exceeded": SESSION_SIDE,
@@ -48,7 +50,7 @@ OUTCOMES: dict[str, Outcome] = {
 
 
 def outcome(error: GatewayError) -> Outcome | None:
-    """Return what error means for a pool member, or None when it is the request's fault (the client gets it)."""
+    """Return what error means for its provider, or None when it is the request's fault (the client gets it)."""
     if error.from_lmarena:
         # lmarena.ai's words through the bridge: its rate limit and Cloudflare are the session's; the rest is
         # worth one more member (a time-out included: the bridge answered), and an attachment too large nowhere.
@@ -61,6 +63,20 @@ def outcome(error: GatewayError) -> Outcome | None:
     return BRIDGE_FAILED if error.provider_fault else None
 
 
+def pause(breaker: Breaker, bridge: Provider, verdict: Outcome, error: GatewayError, cooldown: float) -> None:
+    """Pause a bridge (its tab) as the outcome table says: for cooldown, or the upstream's longer Retry-After.
+
+    After a session-side failure the client is told, in the error's Retry-After, when the tab returns.
+    """
+    if not (verdict.cooldown and bridge.tab):
+        return  # yupp2Api drives no tab: nothing to pause
+    seconds = max(cooldown, error.retry_after or 0.0)
+    breaker.cool_down(bridge.breaker_key, seconds, error)
+    log.info("%s paused for %g s (%s)", bridge.public_url, seconds, error.code)
+    if not verdict.counts:
+        error.retry_after = seconds
+
+
 class Member(NamedTuple):
     """A pool's session that accepts the request's model: the model name it is sent and its body fields."""
 
@@ -71,7 +87,7 @@ class Member(NamedTuple):
 
 @dataclass
 class PoolRequest:
-    """One request's walk over a pool: its members' bridges in order, what each is sent, the cooldowns it sets."""
+    """One request's walk over a pool: its members' bridges in order, and what each is sent."""
 
     domain: str
     name: str
@@ -79,8 +95,6 @@ class PoolRequest:
     every: list[LMArenaBridge]  # every member, for the soonest return when all are out
     sends: dict[str, Member]  # by the bridge's circuit name
     breaker: Breaker
-    cooldown: float
-    _lmarena_failures: int = field(default=0, init=False)
 
     def prepare(self, bridge: LMArenaBridge, chat: ChatRequest) -> None:
         """Set the model name and body fields chat carries to the member at bridge (each member's own map)."""
@@ -90,20 +104,6 @@ class PoolRequest:
     def cooling(self, bridge: LMArenaBridge) -> bool:
         """Return whether the member was paused since the plan was made (another request, maybe another process)."""
         return self.breaker.cooldown_left(bridge.breaker_key) is not None
-
-    def failed(self, bridge: LMArenaBridge, verdict: Outcome | None, error: GatewayError) -> bool:
-        """Apply a failure's outcome to the member; return whether the next member may be tried."""
-        if verdict is None:
-            return False
-        if verdict.once:
-            self._lmarena_failures += 1
-            if self._lmarena_failures > 1:
-                return False
-        if verdict.cooldown:
-            # An upstream's Retry-After longer than the pool's cooldown is honoured.
-            self.breaker.cool_down(bridge.breaker_key, max(self.cooldown, error.retry_after or 0.0), error)
-            log.info("pool %s/%s: %s paused (%s)", self.domain, self.name, bridge.public_url, error.code)
-        return True
 
     def exhausted(self, last: GatewayError | None) -> GatewayError | None:
         """Return the 429 for a request that found every member paused (Retry-After: the soonest return), or None."""
@@ -128,7 +128,7 @@ def empty(domain: str, name: str) -> GatewayError:
 
 
 class Pools:
-    """Round robin over each pool's members, per process (a counter per pool)."""
+    """Round robin over each pool's members, per process (a counter per pool); cooldown: how long a member pauses."""
 
     def __init__(self, breaker: Breaker, cooldown: float) -> None:
         self.breaker, self.cooldown = breaker, cooldown
@@ -162,7 +162,7 @@ class Pools:
         start = turn % len(ordered)
         ordered = ordered[start:] + ordered[:start]
         ready = [b for b in ordered if self.breaker.cooldown_left(b.breaker_key) is None]
-        walk = PoolRequest(domain, name, ready, ordered, sends, self.breaker, self.cooldown)
+        walk = PoolRequest(domain, name, ready, ordered, sends, self.breaker)
         if not ready:
             raise walk.exhausted(None) or empty(domain, name)
         return walk

@@ -152,7 +152,7 @@ class Router:
 
     def dispatcher(self, plan: list[Provider], pool: PoolRequest | None = None) -> Dispatcher:
         """Return a Dispatcher for one request over plan (a pool's members, when pool is given)."""
-        return Dispatcher(plan, self.breaker, self.policy, self.budget, pool=pool)
+        return Dispatcher(plan, self.breaker, self.policy, self.budget, pool=pool, cooldown=self.pools.cooldown)
 
     def models(self) -> list[dict[str, Any]]:
         """Return every enabled provider's models, the first provider winning a duplicate id."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from .. import version
 from ..errors import UpstreamError, UpstreamTimeout
 from .exchange import READ_ERRORS, READ_SIZE, Exchange, Response, discard, release
 from .upstream_errors import stream_broken, tls_failed, too_large, unreachable
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = f"lmarena-gateway/{version.__version__}"
 # The longest upstream answer (non-stream) or single SSE event kept in memory, unless configured otherwise.
@@ -177,12 +180,13 @@ class UpstreamClient:
         if isinstance(exc, OSError | urllib3.exceptions.ProtocolError):
             return unreachable(self.label, self.public_url, exc)
         # A header http.client refuses (ValueError), a pool closed meanwhile, or another urllib3 failure.
-        return UpstreamError(f"Request to {self.label} failed: {type(exc).__name__}.")
+        return UpstreamError(f"{self.label} could not be sent the request ({type(exc).__name__}).")
 
     def connect_timed_out(self) -> UpstreamTimeout:
         """Return the error for a connection not accepted in time."""
+        log.info("%s at %s did not accept a connection in time", self.label, self.public_url)
         return UpstreamTimeout(
-            f"{self.label} at {self.public_url} did not accept a connection within {self.connect_timeout:g} s.",
+            f"{self.label} did not accept a connection within {self.connect_timeout:g} s.",
             code="upstream_connect_timeout",
         )
 

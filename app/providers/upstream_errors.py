@@ -42,21 +42,22 @@ def tls_reason(exc: BaseException) -> str:
     return "no protocol or cipher in common, or the server is not speaking TLS"
 
 
+# Client messages name an upstream by its label, never its URL (a session's bridge URL is its owner's to know): the
+# URL goes to the log, and to /providers/status for the admin.
+
+
 def unreachable(label: str, public_url: str, exc: BaseException) -> UpstreamError:
     """Return the error for an upstream that could not be connected to."""
-    return UpstreamError(
-        f"Cannot reach {label} at {public_url} ({connection_reason(exc)}). Is it running?",
-        code="upstream_unreachable",
-    )
+    reason = connection_reason(exc)
+    log.info("%s at %s cannot be reached: %s", label, public_url, reason)
+    return UpstreamError(f"{label} cannot be reached ({reason}). Is it running?", code="upstream_unreachable")
 
 
 def tls_failed(label: str, public_url: str, exc: BaseException) -> UpstreamError:
     """Return the error for a TLS handshake that failed (not retried: the same certificate fails the same way)."""
-    return UpstreamError(
-        f"{label} at {public_url} failed the TLS handshake: {tls_reason(exc)}.",
-        code="upstream_tls_failed",
-        retryable=False,
-    )
+    reason = tls_reason(exc)
+    log.info("%s at %s failed the TLS handshake: %s", label, public_url, reason)
+    return UpstreamError(f"{label} failed the TLS handshake: {reason}.", code="upstream_tls_failed", retryable=False)
 
 
 def stream_broken(label: str, exc: BaseException) -> UpstreamError:

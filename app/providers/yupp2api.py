@@ -35,7 +35,7 @@ class Yupp2Api(OpenAICompatible):
         models = self._models.get()
         if models is None:
             raise UpstreamError(
-                f"Cannot list models: {self.label} at {self.public_url} is not answering.",
+                f"Cannot list models: {self.label} is not answering.",
                 code="upstream_unreachable",
             )
         return [

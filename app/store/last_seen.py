@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import StoreError
+from ..storage_folder import create_private
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ class LastSeenTable:
         if self._pid != os.getpid():
             self._conns, self._pid = {}, os.getpid()
         if role not in self._conns:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # private before SQLite makes it 0644
-            os.close(fd)
+            create_private(self.path)  # before SQLite would create it, and its -wal and -shm, readable by all
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")

@@ -8,26 +8,12 @@ import re
 import pytest
 import requests
 
-from tests.browser.fake_lmarena import FakeLMArena
-from tests.browser.harness import Chromium
 from tests.browser.test_userscript_browser import click_and_wait
 from tests.conftest import ADMIN_KEY
 from tests.upstreams.fake_bridge import FakeBridge
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TAB_KEY = "sk-lmab-tab-b"
-
-
-@pytest.fixture
-def lmarena():
-    with FakeLMArena() as fake:
-        yield fake
-
-
-@pytest.fixture
-def chromium(lmarena):
-    with Chromium(lmarena.port) as browser:
-        yield browser
 
 
 @pytest.fixture

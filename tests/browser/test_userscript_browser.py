@@ -5,23 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.browser.fake_lmarena import FakeLMArena
-from tests.browser.harness import Chromium
 from tests.conftest import ADMIN_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-@pytest.fixture
-def lmarena():
-    with FakeLMArena() as fake:
-        yield fake
-
-
-@pytest.fixture
-def chromium(lmarena):
-    with Chromium(lmarena.port) as browser:
-        yield browser
 
 
 def generate(gateway_url: str, name: str = "team-a", **params) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +22,7 @@ import requests
 
 from tests.upstreams.fake_bridge import FakeBridge
 
-from .apache import wait_until
+from .apache import REPO, wait_until
 
 pytestmark = pytest.mark.deploy
 
@@ -196,6 +198,42 @@ def test_stream_without_no_gzip_rule_arrives_in_one_lump(site):
     assert arrivals[-1] - arrivals[0] < 0.1, [round(t - arrivals[0], 3) for t in arrivals]
 
 
+def smoke_check(site) -> subprocess.CompletedProcess:
+    """Run `python -m app check` on the deployed gateway, from a laptop's point of view (this checkout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", "check", site.url, "--key", CLIENT_KEY, "--admin-key", ADMIN_KEY],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_smoke_check_passes_with_the_htaccess_rules(site):
+    assert "SetEnv no-gzip 1" in (site.app_dir / ".htaccess").read_text()
+
+    done = smoke_check(site)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "  ok    stream    in pieces: 5 over " in done.stdout  # the bridge's five words, 0.2 s apart
+    assert "  ok    sessions  " in done.stdout and "every check passed" in done.stdout
+
+
+def test_smoke_check_finds_the_lump_compress_all_content_makes(site):
+    shipped = (site.app_dir / ".htaccess").read_text()
+    site.write_htaccess("".join(line for line in shipped.splitlines(True) if "no-gzip" not in line))
+    try:
+        done = smoke_check(site)
+    finally:
+        site.write_htaccess(shipped)
+
+    assert done.returncode == 1
+    assert "  FAIL  stream    arrived in one lump: 5 piece(s) within " in done.stdout
+    assert "stream, compressed (gzip)\n" in done.stdout  # mod_deflate's doing
+    assert "Compress all content" in done.stdout and "SetEnv no-gzip 1\n" in done.stdout
+    assert "  ok    chat      " in done.stdout and "1 check(s) failed" in done.stdout
+
+
 def test_register_concurrently_across_processes_keeps_every_session(site):
     threads, per_thread = 8, 40
     before = site.served_by()
@@ -294,3 +332,37 @@ def test_sub_uri_serves_and_links_under_it(deployment, deploy_bridge):
 def test_logs_hold_apache_start_and_app_stderr(site):
     assert "resuming normal operations" in site.error_log()
     assert re.search(r"^App \d+ output: \S+ \S+ (INFO|WARNING) app[.:]", site.passenger_log(), re.M)
+
+
+def test_an_open_gateway_under_a_sub_uri_refuses_cross_site_writes_and_rebound_names(deployment, deploy_bridge):
+    """Where Passenger differs from make run: the sub-URI (the CSRF cookie's path) and Apache passing Host on."""
+    env = {**settings(deploy_bridge), "GATEWAY_ADMIN_KEY": ""}
+    registration = {
+        "domain": "lmarena.ai",
+        "session_name": "team-a",
+        "session_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        "message_id": "4fa85f64-5717-4562-b3fc-2c963f66afa7",
+        "bridge_base_url": "http://127.0.0.1:9",
+    }
+    with deployment.site(base_uri="/gw", env=env) as gw:
+        forged = requests.post(
+            gw.url + "/session/register",
+            data=json.dumps(registration),
+            headers={"Content-Type": "text/plain", "Origin": "http://evil.example"},
+            timeout=30,
+        )
+        rebound = requests.get(gw.url + "/session/list", headers={"Host": "rebind.attacker.example"}, timeout=30)
+        listed = requests.get(gw.url + "/session/list", timeout=30)
+        browser = requests.Session()
+        page = browser.get(gw.url + "/userscript/generate", timeout=30)
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text).group(1)
+        form = {"session_name": "team-a", "format": "raw"}
+        made = browser.post(gw.url + "/userscript/generate", data={**form, "csrf_token": token}, timeout=30)
+        forged_form = requests.post(gw.url + "/userscript/generate", data={**form, "csrf_token": token}, timeout=30)
+
+    assert forged.status_code == 403 and forged.json()["error"]["type"] == "permission_error"
+    assert rebound.status_code == 421 and rebound.json()["error"]["code"] == "host_not_allowed"
+    assert listed.status_code == 200 and listed.json()["data"] == []
+    assert "Path=/gw" in page.headers["Set-Cookie"] and "SameSite=Strict" in page.headers["Set-Cookie"]
+    assert made.status_code == 200 and "const CONFIG" in made.text
+    assert forged_form.status_code == 403  # the token without its browser's cookie
