@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.analytics import FleetAnalytics, LocalSource, Recorder, fleet
 from app.analytics.fleet_queries import cover
@@ -59,7 +60,26 @@ def varied_events(now: float, count: int = 400) -> list[dict]:
                 "session_name": f"team-{i % 5}" if i % 3 else None,
             }
         )
+    # What the sessions' scripts report: captures and errors, a few of them for sessions no request used. Errors
+    # stay clear of the 24-hour edge, which the fleet counts to the hour.
+    for i in range(60):
+        kind = "capture" if i % 3 else "error"
+        ago = rng.uniform(0, 20 * 3600) if i % 2 else rng.uniform(26 * 3600, 2 * 86400)
+        detail = {"step": "register", "status": 401 + i} if kind == "error" else {"ids": i}
+        events.append({"ts": now - ago, "kind": kind, "domain": "lmarena.ai", "session_name": f"team-{i % 7}",
+                       "detail": detail, "status": 202})  # fmt: skip
     return events
+
+
+def requests_total(client) -> dict[tuple[str, str, str], float]:
+    """Return gateway_requests_total of an instance's /metrics, by provider, model and status."""
+    text = client.get("/metrics").get_data(as_text=True)
+    return {
+        (s.labels["provider"], s.labels["model"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "gateway_requests_total"
+    }
 
 
 def within_a_bucket(fleet_ms: float | None, exact_ms: float | None) -> bool:
@@ -94,8 +114,10 @@ def test_fleet_answers_match_the_sqlite_file(recorders):
             assert sum(b["requests"] for b in read) > 0
             for a, b in zip(read, exact, strict=True):
                 assert within_a_bucket(a["latency_p95_ms"], b["latency_p95_ms"])
-        assert shared.sessions() == local.sessions()
-        assert len(shared.sessions()) == 5
+        exact, read = local.sessions(now=now), shared.sessions(now=now)
+        assert read == exact
+        assert len(read) == 7 and [r for r in read if r["requests"] == 0]  # two only their scripts reported on
+        assert sum(r["script_errors_24h"] for r in read) > 0 and all(r["last_capture"] for r in read)
 
 
 def test_two_instances_each_show_the_whole_fleet(serve, openai_for, redis_db, tmp_path, admin, bridge):
@@ -127,6 +149,8 @@ def test_two_instances_each_show_the_whole_fleet(serve, openai_for, redis_db, tm
             model="gpt-5", messages=HI, stream=True, extra_headers={"X-Session-Name": "team-a"}
         )
     )
+    captured = {"domain": "lmarena.ai", "session_name": "team-a", "kind": "capture", "detail": {"step": "ids"}}
+    assert one.app.test_client().post("/analytics/event", json=captured, headers=admin).status_code == 202
     one.app.extensions["analytics"].flush()  # what its writer thread does within half a second
     other = two.app.test_client()
     data = other.get("/analytics/summary?window=1h", headers=admin).get_json()["data"]
@@ -134,13 +158,12 @@ def test_two_instances_each_show_the_whole_fleet(serve, openai_for, redis_db, tm
     assert (row["requests"], row["errors"]) == (4, 0) and row["ttfb_p50_ms"] > 0
     sessions = other.get("/analytics/sessions", headers=admin).get_json()["data"]
     assert [(s["session_name"], s["requests"]) for s in sessions] == [("team-a", 1)]
+    assert sessions[0]["last_capture"] > sessions[0]["last_seen"]  # the script's report, sent after the chats
     page = other.get("/dashboard", headers=admin).get_data(as_text=True)
     assert re.search(r'id="total-requests">4<', page)
     # /metrics stays each instance's own: the second served nothing.
-    assert "gateway_requests_total{" not in other.get("/metrics").get_data(as_text=True)
-    assert 'gateway_requests_total{provider="lmarena_bridge",model="gpt-5",status="200"} 4' in (
-        one.app.test_client().get("/metrics").get_data(as_text=True)
-    )
+    assert requests_total(other) == {}
+    assert requests_total(one.app.test_client()) == {("lmarena_bridge", "gpt-5", "200"): 4}
 
 
 def test_buckets_expire_after_the_retention_and_sessions_when_idle(recorders, redis_db):
@@ -167,7 +190,8 @@ def test_cleanup_removes_session_days_past_the_retention(recorders, redis_db):
     recorder.flush()
     shared = recorder.fleet
     assert [(s["session_name"], s["requests"]) for s in shared.sessions()] == [("both", 1)]
-    assert shared.cleanup(now - 86400) == 3  # "old" leaves the index; its day and "both"'s old day go
+    # "old" leaves the index and the latest requests; its day and "both"'s old day go.
+    assert shared.cleanup(now - 86400) == 4
     assert redis_db[1].zrange("lmgw:an:sessions", 0, -1) == ['["lmarena.ai","both"]']
     assert not redis_db[1].exists('lmgw:an:s:["lmarena.ai","old"]')
     assert [(s["session_name"], s["requests"]) for s in shared.sessions()] == [("both", 1)]
@@ -207,6 +231,9 @@ def test_events_recorded_while_redis_is_down_arrive_when_it_returns(recorders, o
     outage_redis.stop()
     for _ in range(7):
         recorder.record({**event, "ts": time.time()})
+    # A script's error too: its latest-error script must be loaded again into the restarted Redis.
+    recorder.record({"ts": time.time(), "kind": "error", "domain": "lmarena.ai", "session_name": "a",
+                     "detail": {"step": "register"}, "status": 202})  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="app.analytics.fleet"):
         recorder.flush()  # never raises: the increments are kept
     assert "fleet analytics: Redis unavailable (ConnectionError)" in caplog.text
@@ -218,7 +245,9 @@ def test_events_recorded_while_redis_is_down_arrive_when_it_returns(recorders, o
     recorder.flush()
     [row] = recorder.fleet.summary(3600)
     assert row["requests"] == 12 and row["latency_p50_ms"] == pytest.approx(20, rel=0.1)
-    assert recorder.fleet.sessions()[0]["requests"] == 12
+    [session] = recorder.fleet.sessions()
+    assert (session["requests"], session["script_errors_24h"]) == (12, 1)
+    assert session["last_script_error"]["detail"] == {"step": "register"}
 
 
 def test_what_waits_for_redis_is_capped_and_counted(recorders, outage_redis, monkeypatch):
@@ -287,5 +316,6 @@ def test_cron_cleanup_prunes_the_fleet_figures_too(make_app, redis_db, tmp_path)
     dry = client.post("/cron/cleanup?dry_run=1", headers={"X-Cron-Token": "tok"}).get_json()["analytics"]
     assert dry["fleet_records_removed"] == 0 and redis_db[1].zcard("lmgw:an:sessions") == 2
     done = client.post("/cron/cleanup", headers={"X-Cron-Token": "tok"}).get_json()["analytics"]
-    assert (done["events_removed"], done["fleet_records_removed"]) == (1, 2)  # its index entry and its day
+    # Its entries in the index and the latest requests, and its day.
+    assert (done["events_removed"], done["fleet_records_removed"]) == (1, 3)
     assert redis_db[1].zrange("lmgw:an:sessions", 0, -1) == ['["lmarena.ai","kept"]']

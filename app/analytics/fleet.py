@@ -31,6 +31,25 @@ MAX_PENDING_FIELDS = 200_000
 STREAMS_TTL = 30.0  # a process that stops refreshing its open-stream count (killed) drops out of the total
 STREAMS_REFRESH = 10.0
 LOG_EVERY = 60.0
+# Per session: the index of sessions by their latest request, capture or script error ("sessions"), the latest
+# request ("last:request") and capture ("last:capture") by themselves, script errors per hour ("eh:<member>", kept
+# two days) and the latest script error with its detail ("e:<member>", replaced only by a later one).
+LATEST = {"request": "last:request", "capture": "last:capture"}
+SCRIPT_ERROR_KEEP = 2 * 86400
+_LAST_ERROR = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(cjson.decode(current)['ts']) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def _as_sent(detail: str | None) -> Any:
+    """Return an event's stored detail (JSON text, writer.event_row) as the script sent it, as queries.sessions does."""
+    try:
+        return None if detail is None else json.loads(detail)
+    except ValueError:
+        return detail
 
 
 def latency_bucket(ms: float) -> int:
@@ -44,18 +63,20 @@ class FleetAnalytics:
     def __init__(self, url: str, retention_days: float, timeout: float, prefix: str = "lmgw:") -> None:
         import redis  # only deployments that choose Redis need the package
 
-        self._errors = (redis.exceptions.RedisError, OSError)
+        self._connection_errors = (redis.exceptions.RedisError, OSError)
         self.client = redis_client.connect(url, timeout)
         self.prefix = prefix + "an:"
         self.retention = retention_days * 86400
         self.dropped = 0
+        self._last_error = self.client.register_script(_LAST_ERROR)
         self.reset()
 
     def reset(self) -> None:
         """Start this process's pending increments afresh (a forked child must not push its parent's)."""
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, int]] = {}
-        self._seen: dict[str, float] = {}  # session index member -> latest request time
+        self._latest: dict[str, dict[str, float]] = {}  # sorted set -> session member -> latest time
+        self._script_errors: dict[str, tuple[float, str | None]] = {}  # member -> latest script error, detail
         self._fields = 0
         self._streams: int | None = None  # this process's open streams, once known
         self._streams_pushed = 0.0
@@ -97,9 +118,20 @@ class FleetAnalytics:
             for stat, amount in (("n", 1), ("e", int(is_error(row[8], row[13]))), ("p", row[11]), ("c", row[12])):
                 if amount:
                     self._incr(key, f"{day}:{stat}", amount)
-            self._seen[member] = max(ts, self._seen.get(member, 0.0))
         else:  # a userscript's event (capture, heartbeat, error, info): counted per kind
             self._incr(key, f"{day}:k:{kind}", 1)
+        if kind in ("request", "capture", "error"):
+            self._later("sessions", member, ts)
+        if kind in LATEST:
+            self._later(LATEST[kind], member, ts)
+        if kind == "error":
+            self._incr(self.prefix + "eh:" + member, str(int(ts // 3600)), 1)
+            if ts >= self._script_errors.get(member, (-math.inf, None))[0]:
+                self._script_errors[member] = (ts, row[14])
+
+    def _later(self, index: str, member: str, ts: float) -> None:
+        members = self._latest.setdefault(index, {})
+        members[member] = max(ts, members.get(member, -math.inf))
 
     def _incr(self, key: str, field: str, amount: int) -> None:
         fields = self._pending.get(key)
@@ -120,7 +152,7 @@ class FleetAnalytics:
 
     def due(self) -> bool:
         """Return whether push() has anything to send: increments, or an open-stream count to refresh."""
-        return bool(self._pending or self._seen) or self._streams_due(time.time())
+        return bool(self._pending or self._latest or self._script_errors) or self._streams_due(time.time())
 
     def _streams_due(self, now: float) -> bool:
         # A count is sent when it changes, and refreshed while above zero (a zero may simply lapse).
@@ -132,9 +164,10 @@ class FleetAnalytics:
         """Send the pending increments in one MULTI/EXEC; on failure keep them for the next call. Never raises."""
         now = time.time()
         with self._lock:
-            pending, seen, self._pending, self._seen, self._fields = self._pending, self._seen, {}, {}, 0
+            pending, latest, errors = self._pending, self._latest, self._script_errors
+            self._pending, self._latest, self._script_errors, self._fields = {}, {}, {}, 0
             streams = self._streams if self._streams_due(now) else None
-        if not pending and not seen and streams is None:
+        if not pending and not latest and not errors and streams is None:
             return True
         try:
             with self.client.pipeline(transaction=True) as pipe:
@@ -142,15 +175,17 @@ class FleetAnalytics:
                     for field, amount in fields.items():
                         pipe.hincrby(key, field, amount)
                     pipe.expireat(key, math.ceil(self._expires(key, now)))
-                if seen:
-                    index = self.prefix + "sessions"
-                    pipe.zadd(index, seen, gt=True)
-                    pipe.expire(index, math.ceil(self.retention + 86400))
+                for index, members in latest.items():
+                    pipe.zadd(self.prefix + index, members, gt=True)
+                    pipe.expire(self.prefix + index, math.ceil(self.retention + 86400))
+                for member, (ts, detail) in errors.items():
+                    record = json.dumps({"ts": ts, "detail": _as_sent(detail)}, ensure_ascii=False)
+                    self._last_error([self.prefix + "e:" + member], [ts, record, SCRIPT_ERROR_KEEP], client=pipe)
                 if streams is not None:
                     self._streams_commands(pipe, streams, now)
                 pipe.execute()
-        except self._errors as exc:
-            self._keep(pending, seen)
+        except self._connection_errors as exc:
+            self._keep(pending, latest, errors)
             self._log_failure(exc)
             return False
         if streams is not None:
@@ -161,6 +196,8 @@ class FleetAnalytics:
     def _expires(self, key: str, now: float) -> float:
         """Return when a key may go: a bucket once it is older than the retention, a session's hash once idle."""
         kind, _, start = key[len(self.prefix) :].partition(":")
+        if kind == "eh":
+            return now + SCRIPT_ERROR_KEEP
         width = next((w for w, letter in RESOLUTIONS.items() if kind in (letter, letter + "t")), None)
         if width is None:
             return now + self.retention + 86400
@@ -172,14 +209,18 @@ class FleetAnalytics:
         pipe.zadd(procs, {self._process: now + STREAMS_TTL})
         pipe.zremrangebyscore(procs, "-inf", now)
 
-    def _keep(self, pending: Mapping[str, Mapping[str, int]], seen: Mapping[str, float]) -> None:
-        """Put increments that could not be sent back in front of those made meanwhile."""
+    def _keep(self, pending: Mapping[str, Mapping[str, int]], latest: dict, errors: dict) -> None:
+        """Put what could not be sent back beside what was recorded meanwhile."""
         with self._lock:
             for key, fields in pending.items():
                 for field, amount in fields.items():
                     self._incr(key, field, amount)
-            for member, ts in seen.items():
-                self._seen[member] = max(ts, self._seen.get(member, 0.0))
+            for index, members in latest.items():
+                for member, ts in members.items():
+                    self._later(index, member, ts)
+            for member, (ts, detail) in errors.items():
+                if ts >= self._script_errors.get(member, (-math.inf, None))[0]:
+                    self._script_errors[member] = (ts, detail)
 
     def _log_failure(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -198,7 +239,7 @@ class FleetAnalytics:
         try:
             self.client.delete(self.prefix + "streams:" + self._process)
             self.client.zrem(self.prefix + "procs", self._process)
-        except self._errors:
+        except self._connection_errors:
             pass
 
     # -- reading (the same interface as sources.LocalSource) ------------------------------------------------------
@@ -217,9 +258,11 @@ class FleetAnalytics:
         """Return the fleet's requests, errors and latency p50/p95 in consecutive buckets (whole minutes)."""
         return self._read(fleet_queries.timeseries, window_seconds, buckets, now=now)
 
-    def sessions(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Return the fleet's per-session figures within the retention, most recently seen first."""
-        return self._read(fleet_queries.sessions, since=since, limit=limit)
+    def sessions(
+        self, *, since: float | None = None, limit: int = 1000, now: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Return the fleet's per-session figures within the retention, most recently active first."""
+        return self._read(fleet_queries.sessions, since=since, limit=limit, now=now)
 
     def active_streams(self) -> int:
         """Return how many streams the fleet's processes have open (as of their last refresh)."""
@@ -232,5 +275,5 @@ class FleetAnalytics:
     def _read(self, query, *args, **kwargs):
         try:
             return query(self.client, self.prefix, self.retention, *args, **kwargs)
-        except self._errors as exc:
+        except self._connection_errors as exc:
             raise AnalyticsError(f"Redis is unavailable for fleet analytics ({type(exc).__name__}).") from None

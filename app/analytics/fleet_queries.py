@@ -7,7 +7,7 @@ import math
 import time
 from typing import Any
 
-from . import fleet
+from . import fleet, queries
 
 MAX_SESSIONS = 10_000
 # A bucket's figures stand for its geometric middle: within 2^(1/8) (9 %) of every duration it holds.
@@ -119,34 +119,47 @@ def timeseries(
 def sessions(
     client, prefix: str, retention: float, *, since: float | None = None, limit: int = 1000, now: float | None = None
 ) -> list[dict[str, Any]]:
-    """Return per (domain, session_name) requests, errors, last_seen and tokens within the retention (whole days)."""
+    """Return per (domain, session_name) requests, errors, last request and tokens within the retention (whole
+    days), with its userscript's last capture, its errors in the last 24 hours (whole hours) and its last error."""
     now = time.time() if now is None else now
     low = now - retention if since is None else max(since, now - retention)
     limit = max(1, min(int(limit), MAX_SESSIONS))
     members = client.zrevrangebyscore(prefix + "sessions", "+inf", low, start=0, num=limit, withscores=True)
-    first_day = int(low // 86400)
+    with client.pipeline(transaction=False) as pipe:
+        for member, _ in members:
+            pipe.hgetall(prefix + "s:" + member)
+            pipe.zscore(prefix + fleet.LATEST["request"], member)
+            pipe.zscore(prefix + fleet.LATEST["capture"], member)
+            pipe.hgetall(prefix + "eh:" + member)
+            pipe.get(prefix + "e:" + member)
+        fetched = pipe.execute() if members else []
+    first_day, first_hour = int(low // 86400), int((now - queries.SCRIPT_ERROR_WINDOW) // 3600)
     rows = []
-    figures = _fetch(client, [prefix + "s:" + member for member, _ in members])
-    for (member, last_seen), fields in zip(members, figures, strict=True):
+    for i, (member, active) in enumerate(members):
+        days, last_request, last_capture, hours, last_error = fetched[5 * i : 5 * i + 5]
         totals = {"n": 0, "e": 0, "p": 0, "c": 0}
-        for field, value in fields.items():
+        for field, value in days.items():
             day, _, stat = field.partition(":")
             if stat in totals and int(day) >= first_day:
                 totals[stat] += int(value)
-        if totals["n"]:
-            domain, name = json.loads(member)
-            rows.append(
-                {
-                    "domain": domain,
-                    "session_name": name,
-                    "requests": totals["n"],
-                    "errors": totals["e"],
-                    "last_seen": last_seen,
-                    "prompt_tokens": totals["p"],
-                    "completion_tokens": totals["c"],
-                }
-            )
-    rows.sort(key=lambda r: (-r["last_seen"], r["domain"], r["session_name"]))
+        error = json.loads(last_error) if last_error else None
+        domain, name = json.loads(member)
+        rows.append(
+            {
+                "domain": domain,
+                "session_name": name,
+                "requests": totals["n"],
+                "errors": totals["e"],
+                "last_seen": last_request,
+                "prompt_tokens": totals["p"],
+                "completion_tokens": totals["c"],
+                "last_capture": last_capture,
+                "script_errors_24h": sum(int(n) for hour, n in hours.items() if int(hour) >= first_hour),
+                "last_script_error": error,
+                "_active": active,
+            }
+        )
+    rows.sort(key=lambda r: (-r.pop("_active"), r["domain"], r["session_name"]))
     return rows
 
 
@@ -160,8 +173,10 @@ def active_streams(client, prefix: str, retention: float) -> int:
 
 
 def cleanup(client, prefix: str, retention: float, older_than_ts: float) -> int:
-    """Remove sessions' figures of days before the timestamp, and idle sessions from the index; return how many."""
-    removed = client.zremrangebyscore(prefix + "sessions", "-inf", f"({older_than_ts}")
+    """Remove sessions' figures of days before the timestamp, and older latest times; return how many went."""
+    removed = 0
+    for index in ("sessions", *fleet.LATEST.values()):
+        removed += client.zremrangebyscore(prefix + index, "-inf", f"({older_than_ts}")
     first_day = int(older_than_ts // 86400)
     pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix + "s:") + "*"
     for key in client.scan_iter(match=pattern, count=500):

@@ -19,7 +19,9 @@ class Source(Protocol):
 
     def timeseries(self, window_seconds: float, buckets: int, *, now: float | None = None) -> list[dict]: ...
 
-    def sessions(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
+    def sessions(
+        self, *, since: float | None = None, limit: int = 1000, now: float | None = None
+    ) -> list[dict[str, Any]]: ...
 
     def active_streams(self) -> int: ...
 
@@ -46,8 +48,10 @@ class LocalSource:
     def timeseries(self, window_seconds: float, buckets: int, *, now: float | None = None) -> list[dict]:
         return queries.timeseries(self._source(), window_seconds, buckets, now=now)
 
-    def sessions(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return queries.sessions(self._source(), since=since, limit=limit)
+    def sessions(
+        self, *, since: float | None = None, limit: int = 1000, now: float | None = None
+    ) -> list[dict[str, Any]]:
+        return queries.sessions(self._source(), since=since, limit=limit, now=now)
 
     def active_streams(self) -> int:
         return queries.metrics_snapshot(self._source())["active_streams_total"]
