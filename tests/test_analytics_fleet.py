@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import re
+import socket
+import threading
 import time
 
 import pytest
@@ -319,3 +322,81 @@ def test_cron_cleanup_prunes_the_fleet_figures_too(make_app, redis_db, tmp_path)
     # Its entries in the index and the latest requests, and its day.
     assert (done["events_removed"], done["fleet_records_removed"]) == (1, 3)
     assert redis_db[1].zrange("lmgw:an:sessions", 0, -1) == ['["lmarena.ai","kept"]']
+
+
+class AnswerLosingProxy:
+    """A TCP relay to Redis on loopback that, when armed, passes a request on but loses Redis's answer and hangs up:
+    the client cannot know whether Redis applied it (the connection dropped while EXEC was on its way back)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.armed = threading.Event()
+        self.lost = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.target, timeout=10)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if answers and self.armed.is_set():
+                    self.armed.clear()
+                    self.lost.set()
+                    break  # the answer goes nowhere
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_push_whose_answer_was_lost_is_counted_once(recorders, redis_server, redis_db):
+    proxy = AnswerLosingProxy(redis_server.port)
+    try:
+        recorder = recorders(proxy.url.replace("/0", "/" + redis_db[0].rsplit("/", 1)[1]))
+        event = {"provider": "p", "model": "m", "status": 200, "latency_ms": 5}
+        recorder.record({**event, "ts": time.time()})
+        recorder.flush()  # connected, and one push through
+        proxy.armed.set()
+        for _ in range(3):
+            recorder.record({**event, "ts": time.time()})
+        recorder.flush()  # Redis applies the push; its answer is lost
+        assert proxy.lost.is_set() and recorder.fleet.due()
+        # Redis applied it (reading sends nothing); the recorder cannot know that yet.
+        assert [row["requests"] for row in recorder.fleet.summary(3600)] == [4]
+        recorder.record({**event, "ts": time.time()})
+        recorder.flush()  # asks Redis whether the lost one was applied, then sends only the new event
+        assert not recorder.fleet.due()
+        assert [row["requests"] for row in recorder.fleet.summary(3600)] == [5]
+    finally:
+        proxy.close()
+
+
+def test_a_push_that_never_reached_redis_is_sent_again(recorders, outage_redis):
+    recorder = recorders(outage_redis.url)
+    event = {"provider": "p", "model": "m", "status": 200, "latency_ms": 5}
+    recorder.record({**event, "ts": time.time()})
+    recorder.flush()
+    outage_redis.stop()
+    recorder.record({**event, "ts": time.time()})
+    recorder.flush()  # refused: not applied, and the next push cannot know that before Redis is back
+    recorder.record({**event, "ts": time.time()})
+    recorder.flush()
+    outage_redis.start()
+    recorder.flush()
+    assert [row["requests"] for row in recorder.fleet.summary(3600)] == [3]

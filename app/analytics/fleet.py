@@ -10,12 +10,13 @@ import socket
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import AnalyticsError
 from ..store import redis_client
 from . import fleet_queries
+from .fleet_batch import LAST_ERROR_SCRIPT, Batch
 from .writer import is_error
 
 log = logging.getLogger(__name__)
@@ -36,20 +37,9 @@ LOG_EVERY = 60.0
 # two days) and the latest script error with its detail ("e:<member>", replaced only by a later one).
 LATEST = {"request": "last:request", "capture": "last:capture"}
 SCRIPT_ERROR_KEEP = 2 * 86400
-_LAST_ERROR = """
-local current = redis.call('GET', KEYS[1])
-if current and tonumber(cjson.decode(current)['ts']) >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-
-
-def _as_sent(detail: str | None) -> Any:
-    """Return an event's stored detail (JSON text, writer.event_row) as the script sent it, as queries.sessions does."""
-    try:
-        return None if detail is None else json.loads(detail)
-    except ValueError:
-        return detail
+# Each push also sets this process's "applied:<process>" to the push's number, in the same transaction: after a
+# push whose answer was lost, the next one reads it to learn whether Redis applied it, so nothing counts twice.
+APPLIED_SECONDS = 7 * 86400
 
 
 def latency_bucket(ms: float) -> int:
@@ -67,17 +57,17 @@ class FleetAnalytics:
         self.client = redis_client.connect(url, timeout)
         self.prefix = prefix + "an:"
         self.retention = retention_days * 86400
-        self.dropped = 0
-        self._last_error = self.client.register_script(_LAST_ERROR)
+        self._last_error = self.client.register_script(LAST_ERROR_SCRIPT)
         self.reset()
 
     def reset(self) -> None:
         """Start this process's pending increments afresh (a forked child must not push its parent's)."""
-        self._lock = threading.Lock()
-        self._pending: dict[str, dict[str, int]] = {}
-        self._latest: dict[str, dict[str, float]] = {}  # sorted set -> session member -> latest time
-        self._script_errors: dict[str, tuple[float, str | None]] = {}  # member -> latest script error, detail
-        self._fields = 0
+        self._lock = threading.Lock()  # guards _batch and the stream count
+        self._push_lock = threading.Lock()
+        self._batch = Batch(MAX_PENDING_FIELDS)
+        self._sent = 0  # pushes made; the number of the last one goes to Redis with it
+        self._unsure: tuple[int, Batch] | None = None  # a push whose answer never came: applied or not
+        self._dropped = 0  # increments that did not fit in batches already taken
         self._streams: int | None = None  # this process's open streams, once known
         self._streams_pushed = 0.0
         self._process = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -92,6 +82,7 @@ class FleetAnalytics:
                 self._add(row)
 
     def _add(self, row: tuple) -> None:
+        batch = self._batch
         ts, kind, domain, name = row[0], row[2], row[3], row[4]
         if kind == "request":
             provider, model, stream, status, latency, ttfb = row[5], row[6], row[7], row[8], row[9], row[10]
@@ -106,9 +97,9 @@ class FleetAnalytics:
                 start = int(ts // width * width)
                 for stat, amount in figures.items():
                     if amount:
-                        self._incr(f"{self.prefix}{letter}:{start}", f"{stat}:{group}", amount)
+                        batch.incr(f"{self.prefix}{letter}:{start}", f"{stat}:{group}", amount)
                         if stat not in ("p", "c"):
-                            self._incr(f"{self.prefix}{letter}t:{start}", stat, amount)
+                            batch.incr(f"{self.prefix}{letter}t:{start}", stat, amount)
         if domain is None or name is None:
             return
         member = json.dumps([domain, name], ensure_ascii=False, separators=(",", ":"))
@@ -117,32 +108,21 @@ class FleetAnalytics:
         if kind == "request":
             for stat, amount in (("n", 1), ("e", int(is_error(row[8], row[13]))), ("p", row[11]), ("c", row[12])):
                 if amount:
-                    self._incr(key, f"{day}:{stat}", amount)
+                    batch.incr(key, f"{day}:{stat}", amount)
         else:  # a userscript's event (capture, heartbeat, error, info): counted per kind
-            self._incr(key, f"{day}:k:{kind}", 1)
+            batch.incr(key, f"{day}:k:{kind}", 1)
         if kind in ("request", "capture", "error"):
-            self._later("sessions", member, ts)
+            batch.later("sessions", member, ts)
         if kind in LATEST:
-            self._later(LATEST[kind], member, ts)
+            batch.later(LATEST[kind], member, ts)
         if kind == "error":
-            self._incr(self.prefix + "eh:" + member, str(int(ts // 3600)), 1)
-            if ts >= self._script_errors.get(member, (-math.inf, None))[0]:
-                self._script_errors[member] = (ts, row[14])
+            batch.incr(self.prefix + "eh:" + member, str(int(ts // 3600)), 1)
+            batch.error(member, ts, row[14])
 
-    def _later(self, index: str, member: str, ts: float) -> None:
-        members = self._latest.setdefault(index, {})
-        members[member] = max(ts, members.get(member, -math.inf))
-
-    def _incr(self, key: str, field: str, amount: int) -> None:
-        fields = self._pending.get(key)
-        if fields is None or field not in fields:
-            if self._fields >= MAX_PENDING_FIELDS:
-                self.dropped += 1
-                return
-            self._fields += 1
-            fields = self._pending.setdefault(key, {})
-            fields[field] = 0
-        fields[field] += int(amount)
+    @property
+    def dropped(self) -> int:
+        """Return how many increments did not fit while Redis could not be reached."""
+        return self._dropped + self._batch.dropped
 
     def streams_open(self, count: int) -> None:
         """Note how many streams this process has open (pushed with the next increments)."""
@@ -152,7 +132,7 @@ class FleetAnalytics:
 
     def due(self) -> bool:
         """Return whether push() has anything to send: increments, or an open-stream count to refresh."""
-        return bool(self._pending or self._latest or self._script_errors) or self._streams_due(time.time())
+        return bool(self._batch) or self._unsure is not None or self._streams_due(time.time())
 
     def _streams_due(self, now: float) -> bool:
         # A count is sent when it changes, and refreshed while above zero (a zero may simply lapse).
@@ -161,37 +141,61 @@ class FleetAnalytics:
         return not self._streams_pushed or (self._streams > 0 and now - self._streams_pushed >= STREAMS_REFRESH)
 
     def push(self) -> bool:
-        """Send the pending increments in one MULTI/EXEC; on failure keep them for the next call. Never raises."""
-        now = time.time()
-        with self._lock:
-            pending, latest, errors = self._pending, self._latest, self._script_errors
-            self._pending, self._latest, self._script_errors, self._fields = {}, {}, {}, 0
-            streams = self._streams if self._streams_due(now) else None
-        if not pending and not latest and not errors and streams is None:
-            return True
-        try:
-            with self.client.pipeline(transaction=True) as pipe:
-                for key, fields in pending.items():
-                    for field, amount in fields.items():
-                        pipe.hincrby(key, field, amount)
-                    pipe.expireat(key, math.ceil(self._expires(key, now)))
-                for index, members in latest.items():
-                    pipe.zadd(self.prefix + index, members, gt=True)
-                    pipe.expire(self.prefix + index, math.ceil(self.retention + 86400))
-                for member, (ts, detail) in errors.items():
-                    record = json.dumps({"ts": ts, "detail": _as_sent(detail)}, ensure_ascii=False)
-                    self._last_error([self.prefix + "e:" + member], [ts, record, SCRIPT_ERROR_KEEP], client=pipe)
-                if streams is not None:
-                    self._streams_commands(pipe, streams, now)
-                pipe.execute()
-        except self._connection_errors as exc:
-            self._keep(pending, latest, errors)
-            self._log_failure(exc)
-            return False
-        if streams is not None:
+        """Send the pending increments in one MULTI/EXEC, exactly once; keep them while Redis cannot be reached.
+
+        Never raises; returns whether everything pending was sent.
+        """
+        with self._push_lock:
+            now = time.time()
             with self._lock:
-                self._streams_pushed = now
-        return True
+                batch, self._batch = self._batch, Batch(MAX_PENDING_FIELDS)
+                self._dropped, batch.dropped = self._dropped + batch.dropped, 0
+                streams = self._streams if self._streams_due(now) else None
+            try:
+                batch = self._settle(batch)
+            except self._connection_errors as exc:
+                self._log_failure(exc)
+                return False
+            if not batch and streams is None:
+                return True
+            self._sent += 1
+            try:
+                with self.client.pipeline(transaction=True) as pipe:
+                    sets_expire = math.ceil(self.retention + 86400)
+                    batch.queue(pipe, self._last_error, self.prefix, lambda key: self._expires(key, now),
+                                sets_expire, SCRIPT_ERROR_KEEP)  # fmt: skip
+                    pipe.set(self._applied_key(), self._sent, ex=APPLIED_SECONDS)
+                    if streams is not None:
+                        self._streams_commands(pipe, streams, now)
+                    pipe.execute()
+            except self._connection_errors as exc:
+                self._unsure = (self._sent, batch)  # applied or not: the next push asks Redis
+                self._log_failure(exc)
+                return False
+            if streams is not None:
+                with self._lock:
+                    self._streams_pushed = now
+            return True
+
+    def _settle(self, batch: Batch) -> Batch:
+        """Return batch, with the last push's added if Redis never applied it (asking Redis which, once back)."""
+        if self._unsure is None:
+            return batch
+        number, unsure = self._unsure
+        try:
+            applied = int(self.client.get(self._applied_key()) or 0) >= number
+        except self._connection_errors:
+            with self._lock:
+                self._batch.merge(batch)  # Redis is still away: keep the new ones beside, not in, the unsure push
+            raise
+        self._unsure = None
+        if not applied:
+            unsure.merge(batch)
+            return unsure
+        return batch
+
+    def _applied_key(self) -> str:
+        return self.prefix + "applied:" + self._process
 
     def _expires(self, key: str, now: float) -> float:
         """Return when a key may go: a bucket once it is older than the retention, a session's hash once idle."""
@@ -209,19 +213,6 @@ class FleetAnalytics:
         pipe.zadd(procs, {self._process: now + STREAMS_TTL})
         pipe.zremrangebyscore(procs, "-inf", now)
 
-    def _keep(self, pending: Mapping[str, Mapping[str, int]], latest: dict, errors: dict) -> None:
-        """Put what could not be sent back beside what was recorded meanwhile."""
-        with self._lock:
-            for key, fields in pending.items():
-                for field, amount in fields.items():
-                    self._incr(key, field, amount)
-            for index, members in latest.items():
-                for member, ts in members.items():
-                    self._later(index, member, ts)
-            for member, (ts, detail) in errors.items():
-                if ts >= self._script_errors.get(member, (-math.inf, None))[0]:
-                    self._script_errors[member] = (ts, detail)
-
     def _log_failure(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY or not self._last_log:
@@ -229,7 +220,7 @@ class FleetAnalytics:
             log.warning(
                 "fleet analytics: Redis unavailable (%s); %d counters kept to send later, %d dropped so far",
                 type(exc).__name__,
-                self._fields,
+                self._batch.fields + (self._unsure[1].fields if self._unsure else 0),
                 self.dropped,
             )
 
