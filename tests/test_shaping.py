@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.errors import GatewayError
+from app.shaping import read_shaping
 from app.shaping.limits import Limits
 
 REPRODUCIBLE = settings(derandomize=True, database=None, deadline=None, max_examples=300)
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 # Few letters, so stop sequences and their near misses are common.
 texts = st.text(alphabet="ab\n:", max_size=40)
 
@@ -59,3 +63,61 @@ def test_limits_pass_text_that_cannot_begin_a_stop_at_once():
     assert limits.feed(", friend\n") == ", friend"  # only the "\n" that may begin the stop waits
     assert limits.feed("\nUs") == ""
     assert limits.feed("ually") == "\n\nUsually"
+
+
+SHAPED = [
+    # (request fields, the model's whole answer)
+    ({"response_format": {"type": "json_object"}}, 'Here: ```json\n{"a": "x\\"}{", "b": {"c": [1, "}"]}}\n``` bye'),
+    (
+        {"tools": [WEATHER]},
+        'Looking <b>now</b> <tool_call>\n{"name": "get_weather", "arguments": {"city": "<P>"}}\n</tool_call>',
+    ),
+    ({"tools": [WEATHER]}, "a < b, and <tool is not <tool_call, nor <tool_cal"),
+    ({"tools": [WEATHER], "stop": "</tool_call>"}, '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call> x'),
+    ({"tools": [WEATHER], "max_tokens": 9}, '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>'),
+]
+
+
+def shaped(fields: dict, pieces: list[str]) -> tuple[dict, str]:
+    """Return the message and finish reason a Shaper makes of pieces (ids left out)."""
+    shaper = read_shaping({"messages": [{"role": "user", "content": "hi"}], **fields}).start()
+    deltas = []
+    for piece in pieces:
+        deltas += shaper.feed(piece)
+        if shaper.cut:
+            break
+    more, reason = shaper.finish("stop")
+    calls = [c["function"] for d in deltas + more for c in d.get("tool_calls", ())]
+    return {"content": "".join(d.get("content", "") for d in deltas + more), "calls": calls}, reason
+
+
+@REPRODUCIBLE
+@given(st.data(), st.sampled_from(SHAPED))
+def test_shaper_gives_one_answer_however_the_text_is_split(data, case):
+    fields, answer = case
+    pieces = data.draw(cuts(answer))
+    try:
+        whole = shaped(fields, [answer])
+    except GatewayError as error:
+        with pytest.raises(type(error)):
+            shaped(fields, pieces)
+        return
+    assert shaped(fields, pieces) == whole
+
+
+def test_shaper_whole_answers():
+    assert shaped(*SHAPED[0][:1], [SHAPED[0][1]]) == (
+        {"content": '{"a": "x\\"}{", "b": {"c": [1, "}"]}}', "calls": []},
+        "stop",
+    )
+    message, reason = shaped(SHAPED[1][0], [SHAPED[1][1]])
+    assert message == {
+        "content": "Looking <b>now</b> ",
+        "calls": [{"name": "get_weather", "arguments": '{"city": "<P>"}'}],
+    }
+    assert reason == "tool_calls"
+    assert shaped(SHAPED[2][0], [SHAPED[2][1]]) == ({"content": SHAPED[2][1], "calls": []}, "stop")
+    # The stop sequence cuts the block before it closes: an unclosed block at the end still counts.
+    assert shaped(SHAPED[3][0], [SHAPED[3][1]])[1] == "tool_calls"
+    with pytest.raises(GatewayError, match="max_tokens inside a tool call"):
+        shaped(SHAPED[4][0], [SHAPED[4][1]])

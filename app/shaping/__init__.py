@@ -1,6 +1,6 @@
-"""Reshape what the model says before the client sees it: stop sequences, token limits, emulated tools.
+"""Reshape what the model says before the client sees it: stop sequences, token limits, emulated tools, JSON mode.
 
-LMArenaBridge and yupp2Api ignore all three, so the gateway honours them itself. A JSON answer's content is fed to a
+LMArenaBridge and yupp2Api ignore all four, so the gateway honours them itself. A JSON answer's content is fed to a
 `Shaper` whole, a stream's piece by piece: feed() returns the deltas that may go out now (holding back only what a
 stage has yet to decide), finish() the rest and the finish reason, or raises InvalidModelOutput (in a stream, an
 error chunk). `cut` says no more upstream text is wanted: the relay then stops reading and drops the upstream, so
@@ -12,13 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .json_mode import JsonAnswer, JsonSpec, read_json_mode
+from .json_mode import instruction as json_instruction
 from .limits import Limits, read_limits
 from .tool_calls import ToolCalls
 from .tool_prompt import ToolSpec, has_tool_turns, read_tools, render_history
 from .tool_prompt import instruction as tools_instruction
 
 # Fields an emulated request must not forward: the upstream would ignore them, or choke on them.
-_EMULATED = ("tools", "tool_choice", "parallel_tool_calls")
+_EMULATED = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Shaping:
     stops: tuple[str, ...] = ()
     max_chars: int | None = None
     tools: ToolSpec | None = None
+    json: JsonSpec | None = None
 
     def start(self) -> Shaper:
         """Return a Shaper for one answer."""
@@ -36,6 +39,8 @@ class Shaping:
     def upstream_body(self, body: dict[str, Any], emulate_tools: bool) -> dict[str, Any]:
         """Return the body to send: the instruction as a system turn, tool turns as text, emulated fields dropped."""
         said = [tools_instruction(self.tools)] if self.tools else []
+        if self.json:
+            said.append(json_instruction(self.json))
         messages = body["messages"]
         if emulate_tools and has_tool_turns(messages):
             messages = render_history(messages)
@@ -43,23 +48,25 @@ class Shaping:
             # After the client's own system turns: its persona stays first, the gateway's rules close the preamble.
             at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), 0)
             messages = [*messages[:at], {"role": "system", "content": "\n\n".join(said)}, *messages[at:]]
-        sent = {k: v for k, v in body.items() if not (emulate_tools and k in _EMULATED)}
+        dropped = _EMULATED if emulate_tools else ("response_format",)
+        sent = {k: v for k, v in body.items() if k not in dropped}
         sent["messages"] = messages
         return sent
 
     @property
     def shapes_answer(self) -> bool:
         """Return whether answers need a Shaper (a request may only need its history rewritten)."""
-        return bool(self.stops or self.max_chars or self.tools)
+        return bool(self.stops or self.max_chars or self.tools or self.json)
 
 
 def read_shaping(body: dict[str, Any]) -> Shaping | None:
     """Return what a validated body asks the gateway to honour, or None for a request relayed as it is."""
     stops, max_chars = read_limits(body)
     tools = read_tools(body)
-    if not (stops or max_chars or tools or body.get("tools") or has_tool_turns(body["messages"])):
+    json_spec = read_json_mode(body)
+    if not (stops or max_chars or tools or json_spec or body.get("tools") or has_tool_turns(body["messages"])):
         return None
-    return Shaping(stops, max_chars, tools)
+    return Shaping(stops, max_chars, tools, json_spec)
 
 
 def shape_completion(data: dict[str, Any], shaper: Shaper) -> int:
@@ -78,11 +85,12 @@ def shape_completion(data: dict[str, Any], shaper: Shaper) -> int:
 
 
 class Shaper:
-    """One answer on its way to the client, through the stages its request asks for, in order: limits, tools."""
+    """One answer on its way to the client, through the stages its request asks for, in order: limits, tools, JSON."""
 
     def __init__(self, shaping: Shaping) -> None:
         self.limits = Limits(shaping.stops, shaping.max_chars) if shaping.stops or shaping.max_chars else None
         self.tools = ToolCalls(shaping.tools) if shaping.tools else None
+        self.json = JsonAnswer(shaping.json) if shaping.json else None
         self.chars = 0  # the model's text kept (what `usage` counts)
         self.cut = False
 
@@ -98,9 +106,11 @@ class Shaper:
         deltas = self._shape(self.limits.finish()) if self.limits is not None else []
         truncated = self.limits is not None and self.limits.reason == "length"
         if self.tools is not None:
-            deltas += self.tools.finish(truncated)
+            deltas += self._json(self.tools.finish(truncated))
             if self.tools.calls:
                 return deltas, "tool_calls"
+        if self.json is not None:
+            self.json.finish(truncated)
         if self.limits is not None and self.limits.reason is not None:
             return deltas, self.limits.reason
         return deltas, upstream_reason or "stop"
@@ -122,8 +132,24 @@ class Shaper:
 
     def _shape(self, text: str) -> list[dict[str, Any]]:
         self.chars += len(text)
-        if self.tools is None:
-            return [{"content": text}] if text else []
-        deltas = self.tools.feed(text)
-        self.cut = self.cut or self.tools.done
+        if self.tools is not None:
+            deltas = self._json(self.tools.feed(text))
+            self.cut = self.cut or self.tools.done
+        else:
+            deltas = self._json([{"content": text}] if text else [])
+        if self.json is not None:
+            self.cut = self.cut or self.json.done
         return deltas
+
+    def _json(self, deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pass content deltas through JSON mode (when asked for), and tool calls as they are."""
+        if self.json is None:
+            return deltas
+        kept = []
+        for delta in deltas:
+            if "content" in delta:
+                delta = {"content": self.json.feed(delta["content"])}
+                if not delta["content"]:
+                    continue
+            kept.append(delta)
+        return kept

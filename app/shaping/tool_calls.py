@@ -62,9 +62,9 @@ class ToolCalls:
             try:
                 out.append(self._call(pending))
             except InvalidModelOutput as error:
-                if truncated:
-                    error.message = "The answer reached max_tokens inside a tool call. " + error.message
-                raise
+                if not truncated:
+                    raise
+                raise InvalidModelOutput("The answer reached max_tokens inside a tool call. " + error.message) from None
         elif not self.done:
             self._text(pending, out)
         if not self.calls and self.spec.choice != "auto":
