@@ -119,12 +119,30 @@ class ChunkRelay:
             self.completion_chars += len(other["reasoning_content"])
         content = delta.get("content")
         deltas = self.shaper.feed(content) if isinstance(content, str) and content else []
+        reason = choice.get("finish_reason")
+        if not (reason or self.shaper.cut) and len(deltas) == 1 and deltas[0].get("content") == content:
+            # perf: text the shaper lets through whole goes out in the upstream's own chunk, not a new one dumped
+            # again: 6 us less per chunk (bench/shaping_bench.py).
+            self._unchanged(chunk, delta, out)
+            return
         if other:
             deltas = [{**other, **deltas[0]}, *deltas[1:]] if deltas else [other]
         self._deltas(deltas, None, out)
-        if choice.get("finish_reason") or self.shaper.cut:
-            self._finish(choice.get("finish_reason"), out)
+        if reason or self.shaper.cut:
+            self._finish(reason, out)
             self.cut = self.shaper.cut
+
+    def _unchanged(self, chunk: Chunk, delta: dict[str, Any], out: list[bytes]) -> None:
+        obj, text = chunk.obj, chunk.text
+        if not self.started:
+            self.started = True
+            if "role" not in delta:
+                role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                out.append(sse.json_frame(self._chunk([role])))
+        if obj.get("model") != self.request.model:
+            obj["model"] = self.request.model
+            text = json.dumps(obj, ensure_ascii=False)
+        out.append(sse.frame(text))
 
     def _finish(self, upstream_reason: str | None, out: list[bytes]) -> None:
         self.finished = True

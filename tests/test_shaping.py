@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import GatewayError
+from app.providers.base import ChatRequest, Chunk
+from app.relay import ChunkRelay
 from app.shaping import read_shaping
 from app.shaping.limits import Limits
 
@@ -121,3 +125,28 @@ def test_shaper_whole_answers():
     assert shaped(SHAPED[3][0], [SHAPED[3][1]])[1] == "tool_calls"
     with pytest.raises(GatewayError, match="max_tokens inside a tool call"):
         shaped(SHAPED[4][0], [SHAPED[4][1]])
+
+
+def test_relay_passes_chunks_the_shaper_leaves_whole_as_the_upstream_sent_them():
+    # The relay's shortcut for untouched text (a perf: line in app/relay.py) must frame exactly as the plain path.
+    def chunk(delta: dict, reason: str | None = None) -> Chunk:
+        obj = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "upstream-name"}
+        obj["choices"] = [{"index": 0, "delta": delta, "finish_reason": reason}]
+        return Chunk(json.dumps(obj), obj)
+
+    def frames(fields: dict) -> list[bytes]:
+        body = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}], **fields}
+        relay = ChunkRelay(ChatRequest(body=body, model="gpt-5", stream=True, shaping=read_shaping(body)))
+        out: list[bytes] = []
+        for delta in ({"content": "Hello"}, {"content": " there"}, {"content": ", you"}):
+            relay.frames(chunk(delta), out)
+        relay.frames(chunk({}, "stop"), out)
+        relay.end(out)
+        return out
+
+    plain, shaped = frames({}), frames({"stop": "never", "max_tokens": 100})
+    assert shaped[:-1] == plain[:-1]  # the role chunk and every content chunk, byte for byte
+    assert [json.loads(f[len(b"data: ") :])["choices"][0]["finish_reason"] for f in (plain[-1], shaped[-1])] == [
+        "stop",
+        "stop",
+    ]
