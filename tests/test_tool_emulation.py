@@ -243,3 +243,16 @@ def test_tools_the_gateway_cannot_honour_are_a_400(client, auth, bridge, extra, 
     assert answer.status_code == 400
     assert answer.get_json()["error"]["param"] == param
     assert not [r for r in bridge.requests if r.path == "/v1/chat/completions"]
+
+
+def test_history_with_odd_call_ids_and_legacy_function_turns_is_still_rendered(client, auth, bridge):
+    call = {"id": ["not", "a", "string"], "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "function", "name": "get_weather", "content": "sunny", "tool_call_id": {"odd": 1}},
+    ]
+    answer = client.post("/v1/chat/completions", headers=auth, json={"model": "gpt-5", "messages": history})
+    assert answer.status_code == 200
+    sent = bridge.requests[-1].json["messages"]
+    assert sent[-1] == {"role": "user", "content": '<tool_response name="get_weather">\nsunny\n</tool_response>'}

@@ -116,13 +116,14 @@ def has_tool_turns(messages: list[Any]) -> bool:
 
 def render_history(messages: list[Any]) -> list[Any]:
     """Return messages with tool calls written as <tool_call> blocks and tool results as user <tool_response> turns."""
-    names: dict[Any, str] = {}  # tool_call_id -> the function it called, for results that do not say
+    names: dict[str, str] = {}  # tool_call_id -> the function it called, for results that do not say
     rendered: list[Any] = []
     results: dict[str, Any] | None = None  # the user turn that gathers consecutive results
     for message in messages:
         role = message.get("role") if isinstance(message, dict) else None
         if role in ("tool", "function"):
-            name = message.get("name") or names.get(message.get("tool_call_id")) or "tool"
+            call_id = message.get("tool_call_id")
+            name = message.get("name") or (names.get(call_id) if isinstance(call_id, str) else None) or "tool"
             block = f'<tool_response name="{_UNSAFE.sub("_", str(name))}">\n{text_of(message)}\n</tool_response>'
             if results is None:
                 results = {"role": "user", "content": block}
@@ -138,7 +139,8 @@ def render_history(messages: list[Any]) -> list[Any]:
                 function = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(function, dict):
                     continue
-                names[call.get("id")] = str(function.get("name"))
+                if isinstance(call.get("id"), str):
+                    names[call["id"]] = str(function.get("name"))
                 call_json = json.dumps({"name": function.get("name"), "arguments": _arguments(function)})
                 blocks.append(f"{OPEN}\n{call_json}\n{CLOSE}")
             kept = {k: v for k, v in message.items() if k not in ("tool_calls", "function_call")}
