@@ -310,6 +310,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("YUPP2API_MAX_RETRIES", 2, _count),
     Setting("GATEWAY_MODEL_ROUTES", {}, _routes),
     Setting("GATEWAY_MODEL_ALIASES", {}, _aliases),
+    Setting("GATEWAY_TOOL_EMULATION", True, _flag),
     Setting("GATEWAY_REQUEST_BUDGET_SECONDS", 300.0, _number),
     Setting("GATEWAY_RETRY_BASE_DELAY", 0.5, _number),
     Setting("GATEWAY_RETRY_MAX_DELAY", 8.0, _number),

@@ -143,6 +143,17 @@ class UpstreamError(GatewayError):
     code = "upstream_error"
 
 
+class InvalidModelOutput(UpstreamError):
+    """The model answered, but not as the request required (JSON, a schema, a tool call): never passed on as prose."""
+
+    code = "invalid_model_output"
+
+    @property
+    def provider_fault(self) -> bool:
+        # The upstream works: its model did not follow the instruction. No breaker counts it, no fallback follows.
+        return False
+
+
 class UpstreamUnavailable(UpstreamError):
     status_code = 503
     code = "upstream_unavailable"

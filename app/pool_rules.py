@@ -45,15 +45,15 @@ MEMBERS_SECONDS = 1.0
 
 def pool_members(domain: str, pool: str) -> list[Session]:
     """Return the active sessions of a pool, as listed at most MEMBERS_SECONDS ago in this process."""
-    # perf: a listing reads every session of the domain and their heartbeats (10,000 of them in the store bench);
-    # once a second per pool keeps that off the request path. Cooldowns are not cached here: the breaker reads them.
+    # perf: a listing reads the pool's sessions and their heartbeats (the whole domain, in Redis); once a second per
+    # pool keeps that off the request path. Cooldowns are not cached here: the breaker reads them.
     cache = current_app.extensions.setdefault("pool_members", {})
     now = time.monotonic()
     cached = cache.get((domain, pool))
     if cached is not None and now < cached[0]:
         return cached[1]
     since = active_since()
-    members = [s for s in get_store().list(domain) if s.pool == pool and s.seen_since(since)]
+    members = [s for s in get_store().pool(domain, pool) if s.seen_since(since)]
     cache[(domain, pool)] = (now + MEMBERS_SECONDS, members)
     return members
 

@@ -14,6 +14,8 @@ from .providers.base import ChatRequest
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
+# Parts OpenAI defines that neither upstream can carry (LMArena takes text and images): refused, never dropped.
+UNCARRIED_PARTS = {"input_audio": "audio", "file": "files"}
 MAX_MODEL_LENGTH = 256
 MAX_PROMPT_LENGTH = 32000
 # The escape of a UTF-16 surrogate (\ud800-\udfff). JSON decodes one without its pair to a lone surrogate: a str no
@@ -119,10 +121,20 @@ def _check_part(part: Any, where: str) -> None:
     kind = part.get("type")
     if kind not in PART_TYPES:
         raise _fail(f"{where}.type", f"must be one of {', '.join(PART_TYPES)}; got {kind!r}.")
+    if kind in UNCARRIED_PARTS:
+        raise InvalidRequestError(
+            f"'{where}' is an '{kind}' part: the upstreams take text and images only, not "
+            f"{UNCARRIED_PARTS[kind]}; send its content as text, or leave it out.",
+            param=f"{where}.type",
+            code="unsupported_content",
+        )
     if kind == "text" and not isinstance(part.get("text"), str):
         raise _fail(f"{where}.text", "must be a string.")
     if kind == "image_url":
         image = part.get("image_url")
+        if isinstance(image, str) and image:
+            # Some clients send the URL bare; the upstreams want OpenAI's object.
+            image = part["image_url"] = {"url": image}
         if not (isinstance(image, dict) and isinstance(image.get("url"), str) and image["url"]):
             raise _fail(f"{where}.image_url", "must be an object with a non-empty 'url'.")
 
@@ -172,13 +184,18 @@ def parse_chat_request(body: dict[str, Any], max_messages: int) -> ChatRequest:
     _number(body, "frequency_penalty", -2, 2)
     _number(body, "max_tokens", 1, 10_000_000, integer=True)
     _number(body, "max_completion_tokens", 1, 10_000_000, integer=True)
-    _number(body, "n", 1, 1, integer=True)
+    _number(body, "n", 1, 2**31, integer=True)
+    if (body.get("n") or 1) > 1:
+        raise _fail("n", "must be 1: only n=1 is supported (one answer per request).")
     _number(body, "seed", -(2**63), 2**63 - 1, integer=True)
     _number(body, "top_logprobs", 0, 20, integer=True)
     _kind(body, "stop", str, list)
     stop = body.get("stop")
     if isinstance(stop, list) and (len(stop) > 4 or not all(isinstance(s, str) for s in stop)):
         raise _fail("stop", "must be a string or an array of up to 4 strings.")
+    if isinstance(body.get("user"), dict):
+        # Some clients send an object (an id and a name); OpenAI wants a string, and the upstreams use neither.
+        del body["user"]
     for key, kind in (
         ("user", str),
         ("logprobs", bool),

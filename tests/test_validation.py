@@ -196,3 +196,47 @@ def test_a_surrogate_pair_escape_is_text(client, auth, bridge):
     response = client.post("/v1/chat/completions", data=raw, headers={**auth, "Content-Type": "application/json"})
     assert response.status_code == 200
     assert bridge.requests[-1].json["messages"][0]["content"] == "smile \U0001f600"
+
+
+def test_chat_n_above_one_says_only_one_is_supported(client, auth, bridge):
+    response = client.post("/v1/chat/completions", json=_with(n=3), headers=auth)
+    assert response.status_code == 400
+    assert "only n=1 is supported" in response.get_json()["error"]["message"]
+    assert client.post("/v1/chat/completions", json=_with(n=1), headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("part", "named"),
+    [
+        ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}, "audio"),
+        ({"type": "file", "file": {"file_id": "file-abc"}}, "files"),
+    ],
+)
+def test_chat_parts_the_upstreams_cannot_carry_are_a_400_naming_them(client, auth, bridge, part, named):
+    content = [{"type": "text", "text": "listen"}, part]
+    response = client.post(
+        "/v1/chat/completions", json=_with(messages=[{"role": "user", "content": content}]), headers=auth
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["param"] == "messages[0].content[1].type" and error["code"] == "unsupported_content"
+    assert f"'{part['type']}' part" in error["message"] and named in error["message"]
+    assert bridge.requests == []
+
+
+def test_chat_accepts_user_as_an_object_and_drops_it(client, auth, bridge):
+    response = client.post("/v1/chat/completions", json=_with(user={"id": "u1", "name": "Ann"}), headers=auth)
+    assert response.status_code == 200
+    assert "user" not in bridge.requests[-1].json
+    client.post("/v1/chat/completions", json=_with(user="u1"), headers=auth)
+    assert bridge.requests[-1].json["user"] == "u1"  # OpenAI's own form is forwarded as before
+
+
+def test_chat_accepts_image_url_as_a_bare_string(client, auth, bridge):
+    url = "data:image/png;base64,iVBORw0KGgo="
+    content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": url}]
+    response = client.post(
+        "/v1/chat/completions", json=_with(messages=[{"role": "user", "content": content}]), headers=auth
+    )
+    assert response.status_code == 200
+    assert bridge.requests[-1].json["messages"][0]["content"][1] == {"type": "image_url", "image_url": {"url": url}}

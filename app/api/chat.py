@@ -7,11 +7,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from .. import analytics, request_record, sse
+from ..errors import InvalidRequestError
 from ..pool_rules import pool_sends, pool_target
 from ..providers import get_router
-from ..providers.base import ChatRequest
+from ..providers.base import ChatRequest, Provider
 from ..relay import Opening, relay
 from ..session_rules import resolve_model, session_from_headers
+from ..shaping import read_shaping, shape_completion
 from ..usage import fill_usage
 from ..validation import parse_chat_request, read_json_body
 
@@ -22,6 +24,7 @@ bp = Blueprint("chat", __name__)
 def create_chat_completion():
     """Create a chat completion; stream it as server-sent events when the client asks."""
     chat = parse_chat_request(read_json_body(), current_app.config["GATEWAY_MAX_MESSAGES"])
+    shaping = read_shaping(chat.body)  # what the upstreams ignore and the gateway honours itself: 400 if it cannot
     session = session_from_headers()
     target = None if session else pool_target()
     record = request_record.current()
@@ -47,6 +50,12 @@ def create_chat_completion():
     # some member accepts the model.
     aliased = pool is not None or chat.upstream_model != chat.model or (session and session.models)
     record.model_known = True if aliased else router.knows(chat.upstream_model)
+    if shaping is not None:
+        emulate = current_app.config["GATEWAY_TOOL_EMULATION"]
+        if shaping.tools is not None and not emulate:
+            raise _no_tools(plan)
+        chat.body = shaping.upstream_body(chat.body, emulate)
+        chat.shaping = shaping if shaping.shapes_answer else None
     dispatcher = router.dispatcher(plan, pool)
     if chat.stream:
         return _stream(Opening(dispatcher, chat, current_app.config["GATEWAY_SSE_KEEPALIVE_SECONDS"]), record)
@@ -60,8 +69,23 @@ def create_chat_completion():
 
 def _complete(data: dict[str, Any], chat: ChatRequest, record: request_record.RequestRecord) -> dict[str, Any]:
     data["model"] = chat.model
-    data["usage"] = record.usage = fill_usage(data.get("usage"), chat.body.get("messages"))
+    usage, chars = data.get("usage"), None
+    if chat.shaping is not None:
+        chars = shape_completion(data, chat.shaping.start())
+        # The upstream counted what it generated; the client is charged for what it was given.
+        usage = {"prompt_tokens": usage.get("prompt_tokens")} if isinstance(usage, dict) else None
+    data["usage"] = record.usage = fill_usage(usage, chat.body.get("messages"), chars)
     return data
+
+
+def _no_tools(plan: list[Provider]) -> InvalidRequestError:
+    names = " and ".join(dict.fromkeys(p.label for p in plan)) or "The upstream"
+    return InvalidRequestError(
+        f"{names} cannot call tools, and tool emulation is off (GATEWAY_TOOL_EMULATION=false): send the request "
+        "without 'tools', or turn the emulation on.",
+        param="tools",
+        code="tools_unsupported",
+    )
 
 
 def _stream(opening: Opening, record: request_record.RequestRecord) -> Response:

@@ -14,7 +14,8 @@ class ChatRequest:
     """A validated OpenAI chat request; body keeps the client's unknown fields for the upstream.
 
     model is the name the client asked for, the one every answer reports; upstream_model, when set, is the name the
-    upstream is asked for instead (a model alias).
+    upstream is asked for instead (a model alias). shaping, when set, is what the gateway enforces on the answer
+    itself (an `app.shaping.Shaping`; typed loosely, as providers never look at it).
     """
 
     body: dict[str, Any]
@@ -23,6 +24,7 @@ class ChatRequest:
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     upstream_model: str = ""
+    shaping: Any = None
 
     def upstream_body(self, stream: bool) -> dict[str, Any]:
         """Return the body to forward, with `stream` explicit (upstreams default it differently)."""

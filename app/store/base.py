@@ -90,6 +90,10 @@ class SessionStore:
         """Return the sessions of one domain, or of all, ordered by domain then name."""
         raise NotImplementedError
 
+    def pool(self, domain: str, pool: str) -> list[Session]:
+        """Return the sessions of one pool on a domain, ordered by name."""
+        return [s for s in self.list(domain) if s.pool == pool]
+
     def register(
         self, session: Session, *, now: datetime, limit: int, active_since: datetime, keep: frozenset[str] = frozenset()
     ) -> tuple[Session, bool]:

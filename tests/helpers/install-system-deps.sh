@@ -2,7 +2,8 @@
 # Install the Debian packages the test suite runs for real (redis-server for the Redis session store, chromium for
 # the userscript tests in tests/browser, Apache with mod_passenger and a Python 3.11 venv for the cPanel-style
 # deployment tests in tests/deploy, shellcheck for the shell scripts, openssl to make certificates for the https://
-# upstream tests, haproxy for the load balancer in front of several gateway instances in tests/test_fleet_haproxy.py).
+# upstream tests, Node.js and npm for the Node SDK client tests, haproxy for the load balancer in front of several
+# gateway instances in tests/test_fleet_haproxy.py).
 # Run by `make test`; installs only what is missing, and only where it can (root with apt-get).
 set -eu
 missing=""
@@ -14,6 +15,8 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 /usr/bin/python3.11 -c "import ensurepip" >/dev/null 2>&1 || missing="$missing python3.11-venv"
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+# The official openai Node SDK in tests/test_client_matrix.py (npm ci installs it from the registry).
+command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -7,6 +7,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,10 @@ class FakeBridge(FakeUpstream):
 
     Settable at any time: no_browser, waiting_for_refresh, headers_delay, first_chunk_delay, models_status,
     models, reply, chunk_delay, response_delay, hang_seconds, and marker (a marker for every chat whose message has
-    none: one tab rate-limited or facing Cloudflare, while another runs). Markers in the last user message:
-    [[fake:error]], midfail, hang, disconnect, cloudflare, image, toolarge (as captured) and drop, garbage, slow,
-    status:NNN.
+    none: one tab rate-limited or facing Cloudflare, while another runs); model, a test's own model: a function of
+    the request body that returns the reply (in place of `reply`), to answer what the gateway instructed.
+    Markers in the last user message: [[fake:error]], midfail, hang, disconnect, cloudflare, image, toolarge (as
+    captured) and drop, garbage, slow, status:NNN.
     """
 
     server_header = "uvicorn"
@@ -105,6 +107,7 @@ class FakeBridge(FakeUpstream):
         self.first_chunk_delay = 0.0
         self.models_status: int | None = None
         self.marker = ""
+        self.model: Callable[[dict[str, Any]], str] | None = None
         # Where generated images "live": a format string taking the image number (tests point it at loopback).
         self.image_url = IMAGE_URL
         self._images = 0
@@ -169,16 +172,17 @@ class FakeBridge(FakeUpstream):
             self._garbage(h, stream)
         else:
             is_image = str(self.models.get(model, "") if isinstance(model, str) else "").endswith(":image")
-            steps = self._script(marker, is_image)
+            reply = self.model(payload) if self.model is not None else self.reply
+            steps = self._script(marker, is_image, reply)
             if stream:
                 self._stream(h, name, steps)
             else:
                 self._complete(h, name, steps, marker)
 
-    def _script(self, marker: str, is_image: bool) -> list[Step]:
+    def _script(self, marker: str, is_image: bool, reply: str) -> list[Step]:
         """Return what the fake browser sends for this marker, each step with the delay before it."""
         delay = self.chunk_delay
-        words = [Step("content", word, delay) for word in split_words(self.reply)]
+        words = [Step("content", word, delay) for word in split_words(reply)]
         if marker in ERROR_MARKERS:
             return [Step("error", ERROR_MARKERS[marker], delay)]
         if marker == "disconnect":
