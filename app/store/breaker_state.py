@@ -142,7 +142,7 @@ class RedisState:
         try:
             with self.client.pipeline() as pipe:
                 for name in names:
-                    key = self.prefix + "provider:" + name
+                    key = self.prefix + self.kind + ":" + name
                     for _ in range(self.ATTEMPTS):
                         try:
                             pipe.watch(key)
