@@ -16,7 +16,7 @@ from flask import Flask, after_this_request, current_app, request
 from .auth import provided_key
 from .config import ConfigError, storage_file
 from .errors import RateLimitError
-from .storage_folder import create_private
+from .storage_folder import open_counts
 from .store import redis_client
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,8 @@ class SQLiteCells:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            create_private(self.path)  # SQLite would create it, and its -wal and -shm, readable by all
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            # Losing the last second of counts in a power cut costs nothing; an fsync per request would.
-            conn.execute("PRAGMA synchronous = OFF")
-            conn.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, tat REAL NOT NULL)")
-            self._conn, self._pid = conn, os.getpid()
+            schema = "CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
+            self._conn, self._pid = open_counts(self.path, self.busy_timeout, schema), os.getpid()
         return self._conn
 
     def advance(

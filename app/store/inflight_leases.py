@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 
-from ..storage_folder import create_private
+from ..storage_folder import open_counts
 from . import redis_client
 
 
@@ -23,13 +23,12 @@ class SQLiteSlots:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            create_private(self.path)  # SQLite would create it, and its -wal and -shm, readable by all
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            # A power cut loses requests that are gone anyway; an fsync per request would cost every one.
-            conn.execute("PRAGMA synchronous = OFF")
-            conn.execute("CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, key TEXT NOT NULL, expires REAL)")
-            conn.execute("CREATE INDEX IF NOT EXISTS leases_by_key ON leases (key, expires)")
+            conn = open_counts(
+                self.path,
+                self.busy_timeout,
+                "CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, key TEXT NOT NULL, expires REAL)",
+                "CREATE INDEX IF NOT EXISTS leases_by_key ON leases (key, expires)",
+            )
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
