@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from flask import Flask, after_this_request, current_app, request
 
+from . import blocking
 from .auth import provided_key
 from .config import ConfigError, storage_file
 from .errors import RateLimitError
@@ -109,7 +110,13 @@ class SQLiteCells:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=blocking.sqlite_factory(),
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             # Losing the last second of counts in a power cut costs nothing; an fsync per request would.
             conn.execute("PRAGMA synchronous = OFF")

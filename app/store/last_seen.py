@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .. import blocking
 from ..errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ class LastSeenTable:
         if role not in self._conns:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # private before SQLite makes it 0644
             os.close(fd)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=blocking.sqlite_factory(),
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(
