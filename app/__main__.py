@@ -10,6 +10,9 @@ from . import create_app
 from .config import ConfigError
 from .version import __version__
 
+# Connections accepted beyond the busy threads wait in waitress' queue (kept-alive idle ones cost no thread).
+CONNECTIONS_OVER_THREADS = 100
+
 
 def main() -> int:
     """Serve until interrupted; exit 2 with the setting's name when the configuration is bad."""
@@ -21,7 +24,18 @@ def main() -> int:
     host, port = app.config["GATEWAY_HOST"], app.config["GATEWAY_PORT"]
     shown = f"[{host}]" if ":" in host else host
     print(f"LMArena AI Gateway {__version__}: OpenAI base URL http://{shown}:{port}/v1", flush=True)
-    serve(app, host=host, port=port, threads=app.config["GATEWAY_THREADS"], ident="lmarena-gateway")
+    threads = app.config["GATEWAY_THREADS"]
+    # An open stream holds its thread until it ends, so threads are the streams served at once. Waitress' own
+    # limit of 100 connections would cap them first; poll() rather than select(), which fails past descriptor 1024.
+    serve(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        connection_limit=threads + CONNECTIONS_OVER_THREADS,
+        asyncore_use_poll=True,
+        ident="lmarena-gateway",
+    )
     return 0
 
 
