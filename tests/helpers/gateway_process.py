@@ -19,14 +19,15 @@ START_SECONDS = 30  # three processes importing Flask at once on a busy 2-core m
 class GatewayProcess:
     """One gateway process; settings are environment variables (conftest already cleared the developer's)."""
 
-    def __init__(self, settings: dict[str, str], log: Path) -> None:
+    def __init__(self, settings: dict[str, str], log: Path, command: list[str] | None = None) -> None:
+        # command: `python -m app` unless given (tests/test_serve.py starts gunicorn, which reads GATEWAY_PORT too).
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "GATEWAY_ENV_FILE": "", **settings, "GATEWAY_PORT": str(self.port)}
         with open(log, "wb") as out:  # a file, not a pipe: a chatty process never blocks on a full pipe
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                command or [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
 
     def wait_ready(self, deadline: float) -> None:
