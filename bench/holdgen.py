@@ -86,6 +86,7 @@ async def one_stream(args: argparse.Namespace, request: bytes, start_at: int, ou
     first = last = 0
     stamps = 0
     done = False
+    pending = bytearray()
     writer = None
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
@@ -102,8 +103,13 @@ async def one_stream(args: argparse.Namespace, request: bytes, start_at: int, ou
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
                 break
-            data = await reader.readexactly(size + 2)
+            pending += (await reader.readexactly(size + 2))[:-2]
             now = time.monotonic_ns()
+            # A server in between (Apache) may cut an event across HTTP chunks: read whole events only.
+            end = pending.rfind(b"\n\n") + 2
+            if end < 2:
+                continue
+            data, pending = bytes(pending[:end]), pending[end:]
             found = False
             for match in STAMP.finditer(data):
                 out.delays.append(now - int(match.group(1)))
