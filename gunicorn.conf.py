@@ -1,10 +1,10 @@
 """gunicorn's settings for self-hosting: `make serve`, or `gunicorn` in this folder (it reads this file by itself).
 
 gevent workers hold each request in a greenlet rather than a thread, so an open stream costs a few KiB and no thread:
-one worker per core, each holding up to WORKER_CONNECTIONS connections (bench/README.md: 1,024 streams of 30 s at
-once on 2 cores). Needs requirements-serve.txt (gevent), which cPanel must not install: Passenger serves there.
-It listens on GATEWAY_HOST:GATEWAY_PORT, read from the environment or .env as the app reads them; gunicorn's own
-options (`--workers 4`, `--bind`) still override what is set here.
+one worker per core, each holding up to WORKER_CONNECTIONS connections (bench/README.md: two workers held 1,024
+streams of 30 s at once on 2 cores). Needs requirements-serve.txt (gevent), which cPanel must not install: Passenger
+serves there. It listens on GATEWAY_HOST:GATEWAY_PORT, read from the environment or .env as the app reads them;
+gunicorn's own options (`--workers 4`, `--bind`) still override what is set here.
 
 Nothing from app/ is imported here: this file is read by gunicorn's master before a worker patches for gevent.
 """
@@ -38,3 +38,5 @@ worker_connections = WORKER_CONNECTIONS
 # most kept-alive connections while another idles.
 reuse_port = True
 keepalive = 5
+# An LMArena answer streams for up to a minute: a reload (HUP) or stop lets the open ones finish first.
+graceful_timeout = 65
