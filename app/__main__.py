@@ -15,6 +15,9 @@ from .config import ConfigError
 from .version import __version__
 
 log = logging.getLogger(__package__)  # "app": run as a script, this module is __main__
+# Connections accepted beyond the busy threads wait in waitress' queue (kept-alive idle ones cost no thread).
+CONNECTIONS_OVER_THREADS = 100
+
 
 # Bodies this far over GATEWAY_MAX_BODY_BYTES are still read, so the app refuses them with its own OpenAI-shaped 413;
 # it also covers chunked framing, which waitress counts as body.
@@ -43,11 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     # Through the log, so that with GATEWAY_LOG_FORMAT=json every line the process writes is JSON.
     log.info("LMArena AI Gateway %s: OpenAI base URL http://%s:%s/v1", __version__, shown, port)
+    threads = app.config["GATEWAY_THREADS"]
+    # An open stream holds its thread until it ends, so threads are the streams served at once. Waitress' own
+    # limit of 100 connections would cap them first; poll() rather than select(), which fails past descriptor 1024.
     serve(
         app,
         host=host,
         port=port,
-        threads=app.config["GATEWAY_THREADS"],
+        threads=threads,
+        connection_limit=threads + CONNECTIONS_OVER_THREADS,
+        asyncore_use_poll=True,
         ident="lmarena-gateway",
         # waitress's own limit is 1 GB, spooled to disk before the app sees a byte: refuse larger bodies unread.
         max_request_body_size=app.config["GATEWAY_MAX_BODY_BYTES"] + BODY_MARGIN,

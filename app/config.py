@@ -321,7 +321,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_ADMIN_KEY", "", _text, secret=True),
     Setting("GATEWAY_HOST", "127.0.0.1", _text),
     Setting("GATEWAY_PORT", 5104, _port),
-    Setting("GATEWAY_THREADS", 16, _integer),
+    Setting("GATEWAY_THREADS", 512, _integer),
     Setting("GATEWAY_MAX_BODY_BYTES", 16 * 1024 * 1024, _integer),
     Setting("GATEWAY_MAX_UPSTREAM_BYTES", 32 * 1024 * 1024, _whole(64 * 1024)),
     Setting("GATEWAY_UPSTREAM_CA_FILE", "", _optional_file),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from flask import Flask, after_this_request, current_app, request
 
+from . import blocking
 from .auth import provided_key
 from .config import ConfigError, storage_file
 from .errors import RateLimitError
@@ -110,7 +111,8 @@ class SQLiteCells:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
             schema = "CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
-            self._conn, self._pid = open_counts(self.path, self.busy_timeout, schema), os.getpid()
+            conn = open_counts(self.path, self.busy_timeout, schema, factory=blocking.sqlite_factory())
+            self._conn, self._pid = conn, os.getpid()
         return self._conn
 
     def advance(

@@ -79,10 +79,12 @@ def init_app(app: Flask) -> None:
         log.warning("cannot make private, other accounts may read them: %s", ", ".join(failed))
 
 
-def open_counts(path: str, busy_timeout: float, *schema: str) -> sqlite3.Connection:
+def open_counts(
+    path: str, busy_timeout: float, *schema: str, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> sqlite3.Connection:
     """Open a private SQLite file of counts several processes share (WAL, no fsync), creating its tables."""
     create_private(path)  # SQLite would create it, and its -wal and -shm, readable by all
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, factory=factory)
     conn.execute("PRAGMA journal_mode = WAL")
     # Counts lost in a power cut (the last second of rates, leases of requests gone anyway) cost nothing; an fsync
     # per request would cost every request.

@@ -69,7 +69,7 @@ class LiteLLM(Server):
                     "api_key": BRIDGE_KEY,
                 },
             }
-            for name in ("bench", "bench-paced")
+            for name in ("bench", "bench-paced", "bench-long")
         ]
         return {
             "model_list": models,

@@ -5,7 +5,9 @@ JSON or as SSE (`data: {chat.completion.chunk}` frames, no role chunk, a stop ch
 in its own HTTP chunk as uvicorn sends it. Content tokens carry the marker `bnch` so a client can find the first
 content chunk whatever a relay adds before it. The model `bench-paced` spaces its chunks PACED_GAP apart and writes
 each chunk's send time (`time.monotonic_ns()`, one clock for every process on the machine) into its content, so a
-client can measure how long each chunk took to get through a relay.
+client can measure how long each chunk took to get through a relay. The model `bench-long` is paced the same way,
+with LONG_CHUNKS chunks LONG_GAP apart (`--long-chunks`, `--long-gap`; 300 × 0.1 s by default): a long answer as
+LMArena streams one, for holding many streams at once.
 
 `GET /bench/stats` counts accepted connections and chat requests (per process).
 Run: `python bench/mock_upstream.py --port 5190 [--procs 2]`; it prints `ready <port>` once it listens.
@@ -24,10 +26,13 @@ import time
 
 MODEL = "bench"
 PACED_MODEL = "bench-paced"
+LONG_MODEL = "bench-long"
 # A real bridge lists dozens of models; the gateway looks the requested one up in this list on every request.
 FILLER_MODELS = 48
 CONTENT_CHUNKS = 10
 PACED_GAP = 0.050
+# The long model's shape: set from the command line (main), the same for every connection of this mock.
+LONG = {"chunks": 300, "gap": 0.100}
 MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024
 CREATED = 1795431208
@@ -74,7 +79,7 @@ MODELS = _http(
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": CREATED, "owned_by": "LMArenaBridge"}
-                for name in (MODEL, PACED_MODEL, *(f"filler-model-{i:02d}" for i in range(FILLER_MODELS)))
+                for name in (MODEL, PACED_MODEL, LONG_MODEL, *(f"filler-model-{i:02d}" for i in range(FILLER_MODELS)))
             ],
         },
         separators=(",", ":"),
@@ -140,6 +145,7 @@ class MockProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.busy = False  # a paced stream is being written; later requests wait for it
         self.closed = False
+        self.close_after = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -168,7 +174,9 @@ class MockProtocol(asyncio.Protocol):
             del self.buffer[: end + 4 + length]
             self.answer(head, body)
             if b"\r\nconnection: close" in head:
-                self.transport.close()
+                self.close_after = True  # a paced answer still being written closes the connection at its end
+                if not self.busy:
+                    self.transport.close()
                 return
 
     def answer(self, head: bytes, body: bytes) -> None:
@@ -189,26 +197,32 @@ class MockProtocol(asyncio.Protocol):
                 return
             if not stream:
                 self.transport.write(ANSWERS.completion(model))
-            elif model == PACED_MODEL:
+            elif model in (PACED_MODEL, LONG_MODEL):
                 self.busy = True
                 self.transport.write(STREAM_HEAD)
-                self.paced(model, 0)
+                if model == PACED_MODEL:
+                    self.paced(model, 0, CONTENT_CHUNKS, PACED_GAP)
+                else:
+                    self.paced(model, 0, LONG["chunks"], LONG["gap"])
             else:
                 for piece in ANSWERS.stream(model):
                     self.transport.write(piece)
         else:
             self.transport.write(NOT_FOUND)
 
-    def paced(self, model: str, number: int) -> None:
-        """Write chunk `number` stamped with its send time, then schedule the next one PACED_GAP later."""
+    def paced(self, model: str, number: int, chunks: int, gap: float) -> None:
+        """Write chunk `number` of `chunks` stamped with its send time, then schedule the next one gap s later."""
         if self.closed:
             return
-        if number < CONTENT_CHUNKS:
+        if number < chunks:
             self.transport.write(_sse(_delta(model, {"content": f"bnch{time.monotonic_ns():020d} "})))
-            asyncio.get_running_loop().call_later(PACED_GAP, self.paced, model, number + 1)
+            asyncio.get_running_loop().call_later(gap, self.paced, model, number + 1, chunks, gap)
             return
         self.transport.write(Answers.end(model))
         self.busy = False
+        if self.close_after:
+            self.transport.close()
+            return
         self.process()
 
 
@@ -234,14 +248,14 @@ def listen(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
+    sock.listen(4096)
     return sock
 
 
 async def serve(sock: socket.socket) -> None:
     """Serve on sock until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(MockProtocol, sock=sock, backlog=1024)
+    server = await loop.create_server(MockProtocol, sock=sock, backlog=4096)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -254,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--procs", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--long-chunks", type=int, default=LONG["chunks"], help=f"chunks of {LONG_MODEL}")
+    parser.add_argument("--long-gap", type=float, default=LONG["gap"], help=f"seconds between {LONG_MODEL}'s chunks")
     args = parser.parse_args(argv)
+    LONG.update(chunks=args.long_chunks, gap=args.long_gap)
     children = []
     for _ in range(max(0, args.procs - 1)):
         pid = os.fork()

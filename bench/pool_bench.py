@@ -37,15 +37,10 @@ if str(REPO) not in sys.path:
 import store_bench  # noqa: E402
 
 from app import create_app  # noqa: E402
+from app.pool_rules import MEMBERS_SECONDS, pool_members, pool_target  # noqa: E402
 from app.providers import get_router  # noqa: E402
 from app.providers.dispatch import Beat  # noqa: E402
-from app.session_rules import (  # noqa: E402
-    MEMBERS_SECONDS,
-    pool_members,
-    pool_target,
-    resolve_model,
-    session_from_headers,
-)
+from app.session_rules import resolve_model, session_from_headers  # noqa: E402
 from app.store.base import Session  # noqa: E402
 from app.store.breaker_state import FileState, RedisState  # noqa: E402
 

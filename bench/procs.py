@@ -103,3 +103,43 @@ class MemoryWatch:
             "processes": self.max_processes,
             "peak_pss_total_mib": round(self.peak_pss_total_kib / 1024, 1),
         }
+
+
+class TotalMemory:
+    """Sample a server's processes every `interval` s: the peak of their summed RSS and of their summed PSS, and the
+    largest RSS of one process (what each more process costs, for a server that adds processes)."""
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.5) -> None:
+        self.pids, self.interval = pids, interval
+        self.peak_rss_kib = self.peak_pss_kib = self.peak_one_kib = 0
+        self.max_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="total-memory", daemon=True)
+
+    def start(self) -> TotalMemory:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        pids = self.pids()
+        rss = [status_kib(pid, "VmRSS") or 0 for pid in pids]
+        self.peak_rss_kib = max(self.peak_rss_kib, sum(rss))
+        self.peak_one_kib = max([self.peak_one_kib, *rss])
+        self.peak_pss_kib = max(self.peak_pss_kib, sum(pss_kib(pid) or 0 for pid in pids))
+        self.max_processes = max(self.max_processes, len(pids))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict:
+        """Stop sampling and return the figures in MiB."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return {
+            "rss_total_mib": round(self.peak_rss_kib / 1024, 1),
+            "pss_total_mib": round(self.peak_pss_kib / 1024, 1),
+            "rss_largest_process_mib": round(self.peak_one_kib / 1024, 1),
+            "processes": self.max_processes,
+        }

@@ -13,7 +13,7 @@ from clients import run_cell
 from litellm_proxy import LiteLLM, install
 from passenger import Passenger
 from procs import MemoryWatch, cpu_seconds, cpu_used
-from servers import HERE, BareRelay, Direct, Gunicorn, Mock, Server, Waitress, WithSession
+from servers import HERE, BareGevent, BareRelay, Direct, Gunicorn, GunicornGevent, Mock, Server, Waitress, WithSession
 from store_bench import write_json_store
 
 SESSIONS = 10_000
@@ -75,8 +75,8 @@ def start_targets(plan: Plan, mock: Mock) -> tuple[list[Server], list[Server]]:
             litellm.unavailable = f"unavailable: {exc}"
             failed.append(litellm)
             litellm = None
-    gateways: list[Server] = [BareRelay(mock.port)] if "bare-relay" in wanted else []
-    for cls in (Waitress, Gunicorn):
+    gateways: list[Server] = [cls(mock.port) for cls in (BareRelay, BareGevent) if cls.name in wanted]
+    for cls in (Waitress, Gunicorn, GunicornGevent):
         if cls.name not in wanted and f"{cls.name}+session" not in wanted:
             continue
         server = cls(mock.port, work / cls.name)

@@ -8,6 +8,10 @@ from collections import defaultdict
 from pathlib import Path
 
 BARE = "bare-relay"  # bench/bare_relay.py: the relay with no feature, every target's "× bare" figures divide by it
+# The same bare relay under the recommended server's gevent workers: gw-gevent's "× bare" divides by it when it ran,
+# so that its ratios compare relays, the server held equal.
+BARE_GEVENT = "bare-gevent"
+BARES = (BARE, BARE_GEVENT)
 # Below this the bare relay's added delay in a round is noise between rounds (its per-chunk delay is ~0.1 ms), and a
 # ratio to it would be meaningless.
 BARE_FLOOR_MS = 0.05
@@ -18,7 +22,25 @@ GOALS = {
     "chunk_relay_ms": 1.0,
     "c8_vs_litellm": 2.0,
     "store_lookup_ms": 1.0,
+    "json_vs_bare": 0.95,  # JSON at parity with the bare relay (req/s), c=1 and c=8
+    "streams_vs_bare": 0.9,  # short streams/s, c=1 and c=8
+    "cpu_stream_vs_bare": 1.3,  # CPU per short stream, c=1 and c=8
+    "chunk_delay_vs_bare": 2.0,  # added per-chunk delay, c=1
 }
+# The long-stream sweep (bench/hold.py): what the recommended server and `make run` must hold.
+HOLD_GOALS = {
+    "recommended": "gw-gevent",
+    "recommended_streams": 1000,
+    "recommended_chunk_p99_ms": 50.0,
+    "recommended_rss_mib": 400.0,
+    "make_run": "gw-waitress",
+    "make_run_streams": 256,
+}
+
+
+def bare_for(target: str, ran: set[str]) -> str:
+    """Return the bare relay target's figures are paired with: under its own server when that ran."""
+    return BARE_GEVENT if target == "gw-gevent" and BARE_GEVENT in ran else BARE
 
 
 def _median(values: list[float]) -> float | None:
@@ -65,7 +87,9 @@ def summarize(cells: list[dict]) -> dict[tuple[str, str, int], dict]:
     for cell in cells:
         if "error" not in cell:
             groups[(cell["target"], cell["mode"], cell["concurrency"])].append(cell)
-    direct, bare = _rounds(cells, "direct"), _rounds(cells, BARE)
+    direct = _rounds(cells, "direct")
+    bares = {name: _rounds(cells, name) for name in BARES}
+    ran = {name for name, found in bares.items() if found}
     summary = {}
     for key, group in groups.items():
         _, mode, concurrency = key
@@ -86,8 +110,9 @@ def summarize(cells: list[dict]) -> dict[tuple[str, str, int], dict]:
                         ratio.append(mine / theirs if theirs else None)
                 row[f"added_{figure}_{stat}"] = _median(added)
                 row[f"ratio_{figure}_{stat}"] = _median(ratio)
-        if bare and key[0] not in ("direct", BARE):
-            row.update(versus_bare(group, bare, direct))
+        if key[0] not in ("direct", *BARES) and bares[bare_for(key[0], ran)]:
+            row["bare"] = bare_for(key[0], ran)
+            row.update(versus_bare(group, bares[row["bare"]], direct))
         summary[key] = row
     return summary
 
@@ -134,6 +159,35 @@ def check_goals(summary: dict, store: list[dict], gateways: list[str]) -> list[d
         ),
         ("session lookup p99 at 10k sessions, JSON store (ms)", "≤", GOALS["store_lookup_ms"], lambda t: lookup_p99),
     ]
+    for c in (1, 8):
+        goals += [
+            (
+                f"JSON req/s × bare, c={c}",
+                "≥",
+                GOALS["json_vs_bare"],
+                lambda t, c=c: get(t, "json", c, "bare_ratio_rps"),
+            ),
+            (
+                f"streams/s × bare, c={c}",
+                "≥",
+                GOALS["streams_vs_bare"],
+                lambda t, c=c: get(t, "stream", c, "bare_ratio_rps"),
+            ),
+            (
+                f"CPU per stream × bare, c={c}",
+                "≤",
+                GOALS["cpu_stream_vs_bare"],
+                lambda t, c=c: get(t, "stream", c, "bare_ratio_cpu_ms_per_request"),
+            ),
+        ]
+    goals.append(
+        (
+            "added chunk delay × bare, c=1",
+            "≤",
+            GOALS["chunk_delay_vs_bare"],
+            lambda t: get(t, "paced", 1, "bare_ratio_added_chunk_delay_ms_p50"),
+        )
+    )
     rows = []
     for label, sense, goal, measure in goals:
         row = {"goal": label, "sense": sense, "target": goal, "measured": {}}
@@ -152,3 +206,35 @@ def write_readme(readme: Path, section: str) -> None:
     if not pattern.search(text):
         raise ValueError(f"{readme} has no <!-- results --> ... <!-- /results --> markers")
     readme.write_text(pattern.sub(lambda m: m.group(1) + section + m.group(2), text))
+
+
+def check_hold_goals(cells: list[dict]) -> list[dict]:
+    """Return the long-stream goals with what the sweep measured: the recommended server's and `make run`'s."""
+    found = {(c["target"], c["streams"]): c for c in cells if "held" in c}
+    top = max((n for t, n in found if t == HOLD_GOALS["recommended"]), default=None)
+    best = found.get((HOLD_GOALS["recommended"], top)) if top else None
+    mine = found.get((HOLD_GOALS["make_run"], HOLD_GOALS["make_run_streams"]))
+    delay = (best or {}).get("chunk_delay_ms") or {}
+    rows = [
+        ("recommended server: streams held at once", "≥", HOLD_GOALS["recommended_streams"], best and best["held"]),
+        ("recommended server: per-chunk delay p99 (ms)", "≤", HOLD_GOALS["recommended_chunk_p99_ms"], delay.get("p99")),
+        (
+            "recommended server: RSS, all processes (MiB)",
+            "≤",
+            HOLD_GOALS["recommended_rss_mib"],
+            best and best["memory"]["rss_total_mib"],
+        ),
+        ("`make run`: streams held at once", "≥", HOLD_GOALS["make_run_streams"], mine and mine["held"]),
+        ("`make run`: /health probes unanswered while they are held", "≤", 0, mine and mine["health_failed"]),
+    ]
+    return [
+        {
+            "goal": label,
+            "sense": sense,
+            "target": goal,
+            "value": value,
+            "met": None if value is None else (value <= goal if sense == "≤" else value >= goal),
+            "at_streams": top if label.startswith("recommended") else HOLD_GOALS["make_run_streams"],
+        }
+        for label, sense, goal, value in rows
+    ]

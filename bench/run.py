@@ -4,6 +4,7 @@
     bench/.venv/bin/python bench/run.py --quick    # smoke run (a few minutes)
     bench/.venv/bin/python bench/run.py --only store
     bench/.venv/bin/python bench/run.py --only pools --no-readme   # pool member choice per request (~3 minutes)
+    bench/.venv/bin/python bench/run.py --only hold --no-readme    # the long-stream sweep alone (~25 minutes)
 
 Writes bench/results/<date>-<host>[-<parts>][-quick].json and the tables into bench/README.md (see that file).
 """
@@ -11,6 +12,7 @@ Writes bench/results/<date>-<host>[-<parts>][-quick].json and the tables into be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import hold
 import pool_bench
 import relay
 import report
@@ -32,8 +35,18 @@ import tables
 from clients import WRK
 from servers import HERE, REPO
 
-PARTS = ("relay", "store", "profile", "pools")
-TARGETS = ("direct", "bare-relay", "gw-waitress", "gw-gunicorn", "gw-gunicorn+session", "gw-passenger", "litellm")
+PARTS = ("relay", "store", "profile", "pools", "hold", "stalls")
+TARGETS = (
+    "direct",
+    "bare-relay",
+    "bare-gevent",
+    "gw-waitress",
+    "gw-gunicorn",
+    "gw-gunicorn+session",
+    "gw-gevent",
+    "gw-passenger",
+    "litellm",
+)
 
 
 def numbers(text: str) -> list[int]:
@@ -61,6 +74,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--pool-seconds", type=float, default=None, help="seconds per pool cell (default 2, quick 0.5)")
     parser.add_argument("--profile-seconds", type=float, default=None, help="py-spy seconds (default 8, quick 4)")
+    parser.add_argument("--hold-targets", default=",".join(hold.TARGETS), help="targets of the long-stream sweep")
+    parser.add_argument("--hold-streams", type=numbers, default=None, help="streams held at once (16,64,256,1024)")
+    parser.add_argument("--hold-chunks", type=int, default=None, help="chunks per long stream (default 300, quick 50)")
+    parser.add_argument("--hold-gap", type=float, default=0.1, help="seconds between a long stream's chunks")
+    parser.add_argument("--hold-passenger-pool", type=int, default=64, help="Passenger's pool in the sweep")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md's table")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles) under bench/.cache")
     parser.add_argument("--render", type=Path, help="only rewrite README.md's table from an earlier results JSON")
@@ -75,6 +93,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "pool_seconds": 0.5 if quick else 2.0,
         "profile_seconds": 4.0 if quick else 8.0,
         "passenger_pool": max(args.concurrency),
+        "hold_streams": [16, 64] if quick else list(hold.LEVELS),
+        "hold_chunks": 50 if quick else 300,
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -128,6 +148,16 @@ def machine(args: argparse.Namespace) -> dict:
     }
 
 
+def stalls() -> dict:
+    """Run bench/hub_stalls.py in its own process (it patches the process for gevent) and return its figures."""
+    with contextlib.suppress(subprocess.SubprocessError, ValueError, OSError):
+        done = subprocess.run(
+            [sys.executable, str(HERE / "hub_stalls.py")], capture_output=True, text=True, timeout=600, check=True
+        )
+        return json.loads(done.stdout)
+    return {"error": "bench/hub_stalls.py failed (is gevent installed? pip install -r bench/requirements.txt)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen parts, then write the JSON results and the README table."""
     args = arguments(argv)
@@ -141,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=cache))
     meta = machine(args)
     result: dict = {"meta": meta, "cells": [], "targets": [], "summary": [], "store": [], "profile": [], "pools": []}
+    result.update(hold=[], hold_targets=[], hold_meta={}, hold_goals=[], stalls={})
     try:
         if "relay" in args.parts or "profile" in args.parts:
             plan = relay.Plan(
@@ -167,6 +198,25 @@ def main(argv: list[str] | None = None) -> int:
         if "pools" in args.parts:
             relay.say(f"pool member choice at {args.sessions:,} sessions ...")
             result["pools"] = pool_bench.run(args.sessions, args.pool_seconds, workdir / "pools", args.rounds)
+        if "stalls" in args.parts:
+            relay.say("how long the gateway's blocking parts hold gevent's hub ...")
+            result["stalls"] = stalls()
+        if "hold" in args.parts:
+            relay.say("long-stream sweep ...")
+            result.update(
+                hold.run(
+                    hold.HoldPlan(
+                        targets=[t for t in args.hold_targets.split(",") if t],
+                        levels=args.hold_streams,
+                        chunks=args.hold_chunks,
+                        gap=args.hold_gap,
+                        passenger_pool=args.hold_passenger_pool,
+                        litellm_workers=args.litellm_workers,
+                        workdir=workdir / "hold",
+                    )
+                )
+            )
+            result["hold_goals"] = report.check_hold_goals(result["hold"])
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

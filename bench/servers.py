@@ -132,13 +132,24 @@ class Mock(Server):
     label = "mock LMArenaBridge (asyncio, 1 process)"
     key = BRIDGE_KEY
 
-    def __init__(self, procs: int = 1) -> None:
+    def __init__(self, procs: int = 1, long_chunks: int = 300, long_gap: float = 0.1) -> None:
         super().__init__()
-        self.procs = procs
+        self.procs, self.long_chunks, self.long_gap = procs, long_chunks, long_gap
         self.label = f"mock LMArenaBridge (asyncio, {procs} process{'es' if procs > 1 else ''})"
 
     def command(self) -> list[str]:
-        return [sys.executable, str(HERE / "mock_upstream.py"), "--port", str(self.port), "--procs", str(self.procs)]
+        return [
+            sys.executable,
+            str(HERE / "mock_upstream.py"),
+            "--port",
+            str(self.port),
+            "--procs",
+            str(self.procs),
+            "--long-chunks",
+            str(self.long_chunks),
+            "--long-gap",
+            str(self.long_gap),
+        ]
 
     def ready_path(self) -> str:
         return "/v1/models"
@@ -191,11 +202,20 @@ class Gateway(Server):
 
 
 class Waitress(Gateway):
+    """`python -m app`, as `make run` serves it: waitress with GATEWAY_THREADS threads (its default unless given)."""
+
     name = "gw-waitress"
-    label = "gateway · waitress, 1 process × 16 threads (`python -m app`)"
+
+    def __init__(self, mock_port: int, storage: Path, threads: int | None = None, name: str | None = None) -> None:
+        super().__init__(mock_port, storage)
+        self.threads = threads
+        self.name = name or self.name
+        shown = f"{threads} threads" if threads else "GATEWAY_THREADS threads (the default)"
+        self.label = f"gateway · waitress, 1 process × {shown} (`python -m app`, `make run`)"
 
     def environ(self) -> dict[str, str]:
-        return {**super().environ(), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port)}
+        threads = {"GATEWAY_THREADS": str(self.threads)} if self.threads else {}
+        return {**super().environ(), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port), **threads}
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "app"]
@@ -211,15 +231,16 @@ class Gunicorn(Gateway):
     def binary() -> Path:
         return Path(sys.executable).parent / "gunicorn"
 
+    def server_options(self) -> list[str]:
+        return ["--worker-class", "gthread", "--workers", str(self.workers), "--threads", str(self.threads)]
+
     def command(self) -> list[str]:
         return [
             str(self.binary()),
-            "--worker-class",
-            "gthread",
-            "--workers",
-            str(self.workers),
-            "--threads",
-            str(self.threads),
+            # Only what is on this line, not the repository's gunicorn.conf.py (gevent), which gunicorn reads itself.
+            "--config",
+            os.devnull,
+            *self.server_options(),
             "--reuse-port",
             "--bind",
             f"127.0.0.1:{self.port}",
@@ -232,6 +253,41 @@ class Gunicorn(Gateway):
 
     def worker_pids(self) -> list[int]:
         return children(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+
+class GunicornThreads(Gunicorn):
+    """A candidate for many long streams: gunicorn gthread with as many threads as streams to hold."""
+
+    def __init__(self, mock_port: int, storage: Path, workers: int, threads: int) -> None:
+        super().__init__(mock_port, storage)
+        self.workers, self.threads = workers, threads
+        self.name = f"gw-gthread-{workers}x{threads}"
+        self.label = f"gateway · gunicorn gthread {workers}×{threads} --reuse-port"
+
+
+class GunicornGevent(Gunicorn):
+    """The recommended server as `make serve` runs it: gunicorn with the repository's gunicorn.conf.py (gevent)."""
+
+    name = "gw-gevent"
+
+    def __init__(self, mock_port: int, storage: Path, workers: int | None = None) -> None:
+        super().__init__(mock_port, storage)
+        self.workers = workers
+        sizes = f"{workers} workers" if workers else "a worker per core"
+        self.label = f"gateway · gunicorn gevent, {sizes} (`make serve`, gunicorn.conf.py)"
+
+    def command(self) -> list[str]:
+        workers = ["--workers", str(self.workers)] if self.workers else []
+        return [
+            str(self.binary()),
+            "--config",
+            str(REPO / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--log-level",
+            "warning",
+            *workers,
+        ]
 
 
 class BareRelay(Gunicorn):
@@ -252,6 +308,17 @@ class BareRelay(Gunicorn):
 
     def ready_path(self) -> str:
         return "/v1/models"
+
+
+class BareGevent(BareRelay):
+    """The bare relay under gevent workers, as the recommended server runs the gateway (its "× bare" yardstick)."""
+
+    name = "bare-gevent"
+    workers = 2
+    label = f"bare Flask relay · gunicorn gevent {workers} workers × 1000 connections --reuse-port"
+
+    def server_options(self) -> list[str]:
+        return ["--worker-class", "gevent", "--workers", str(self.workers), "--worker-connections", "1000"]
 
 
 class WithSession(Server):

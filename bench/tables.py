@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from report import BARE, BARE_FLOOR_MS
+from report import BARE, BARE_FLOOR_MS, BARES
+
+MET = {True: "✅", False: "❌"}
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -135,6 +137,8 @@ def markdown(result: dict) -> str:
     out += _store_table(result.get("store") or [])
     out += _pools_table(result.get("pools") or [])
     out += _goals_table(result.get("goals") or [])
+    out += _hold_tables(result)
+    out += _stalls_table(result.get("stalls") or {})
     if result.get("profile"):
         out += [
             "",
@@ -176,19 +180,21 @@ def _versus_bare(result: dict, summary: dict) -> list[str]:
         if name in ("mock", "direct") or not any(k[0] == name for k in summary):
             continue
         for c in result["meta"]["concurrency"]:
-            row = [f"`{name}`", str(c)]
+            paired = name if name in BARES else (summary.get((name, "stream", c)) or {}).get("bare", BARE)
+            row = [f"`{name}`", f"`{paired}`", str(c)]
             for mode, field, _ in VERSUS_BARE:
                 r = summary.get((name, mode, c))
                 if not field.startswith("bare_ratio_"):
                     row.append(_signed(r and r.get(field)))
                 else:
-                    row.append(_f(1.0 if name == BARE and r else r and r.get(field)))
+                    row.append(_f(1.0 if name in BARES and r else r and r.get(field)))
             rows.append(row)
     return _table(
-        f"**Against the bare relay** (`{BARE}`, bench/bare_relay.py, in the same cells and rounds; × bare = this "
-        "target ÷ bare-relay, median of per-round ratios; added = over direct, as above; – where not measured or "
-        f"bare-relay added under {BARE_FLOOR_MS} ms):",
-        ["target", "c", *(header for _, _, header in VERSUS_BARE)],
+        f"**Against the bare relay** (bench/bare_relay.py under the same server as the target where it ran: "
+        f"`{BARES[1]}` for `gw-gevent`, `{BARE}` for the others; in the same cells and rounds; × bare = this "
+        "target ÷ its bare relay, median of per-round ratios; added = over direct, as above; – where not measured or "
+        f"the bare relay added under {BARE_FLOOR_MS} ms):",
+        ["target", "paired with", "c", *(header for _, _, header in VERSUS_BARE)],
         rows,
     )
 
@@ -267,3 +273,74 @@ def _goals_table(goals: list[dict]) -> list[str]:
         rows.append([f"{goal['goal']} {goal['sense']} {goal['target']:g}", *cells])
     title = "**Targets** (`GOALS` in `report.py`; ✅ met, ❌ not met, – not measured):"
     return _table(title, ["goal", *gateways], rows)
+
+
+def _hold_tables(result: dict) -> list[str]:
+    """The long-stream sweep: per target and level, streams held, chunk delays, /health, CPU and memory."""
+    cells, meta = result.get("hold") or [], result.get("hold_meta") or {}
+    if not cells:
+        return []
+    out = _table(
+        "Which server held the long streams (each started on its own, fresh, then stopped):",
+        ["target", "what", "status"],
+        [[f"`{t['name']}`", t["label"], (t.get("unavailable") or "ok")[:300]] for t in result.get("hold_targets", [])],
+        numbers=False,
+    )
+    seconds = meta.get("chunks", 0) * meta.get("gap_s", 0)
+    rows = []
+    for c in cells:
+        head = [f"`{c['target']}`", f"{c['streams']:,}"]
+        if "skipped" in c or "error" in c:
+            rows.append(head + [c.get("skipped") or f"failed: {c['error'][:120]}"] + [""] * 13)
+            continue
+        delay, ttfb, health, mem = c["chunk_delay_ms"] or {}, c["ttfb_ms"] or {}, c["health_ms"], c["memory"]
+        errors = sum(c["errors"].values())
+        rows.append(
+            head
+            + [f"{c['held']:,}", f"{c['completed']:,}", _f(ttfb.get("p50")), _f(ttfb.get("p99"))]
+            + [_f(delay.get("p50")), _f(delay.get("p99")), _f(delay.get("max"))]
+            + [f"{_f(health['p50'])} / {_f(health['max'])}" if health else "–", str(c["health_failed"])]
+            + [_f(c["cpu_core_pct"], 0), f"{_f(mem['rss_total_mib'], 0)} / {_f(mem['pss_total_mib'], 0)}", str(errors)]
+            + [f"{c.get('load_before', '?').split()[0]} → {c.get('load_after', '?').split()[0]}"]
+        )
+    out += _table(
+        f"**Long streams held at once** (bench/hold.py, bench/holdgen.py: each stream {seconds:g} s, a chunk every "
+        f"{meta.get('gap_s', 0) * 1000:g} ms stamped by the mock; streams start evenly over max(5 s, N / 100 s); "
+        "held = most streams receiving content at the same moment; completed = read to [DONE] with every chunk by "
+        "the deadline; TTFB = request → first content chunk; chunk delay = arrival − the mock's send stamp; "
+        "/health asked every 0.5 s on a new connection while all should be open, unanswered within 10 s = failed; "
+        "CPU = the server's processes over the level, in % of one core; RSS = peak of the processes' summed "
+        f"RSS / PSS; Passenger pool {meta.get('passenger_pool', '?')}):",
+        ["target", "streams", "held", "completed", "TTFB p50 ms", "TTFB p99 ms", "chunk delay p50 ms", "p99 ms"]
+        + ["max ms", "/health p50 / max ms", "/health failed", "CPU % of a core", "RSS / PSS MiB", "errors"]
+        + ["load 1 min, before → after"],
+        rows,
+    )
+    goals = result.get("hold_goals") or []
+    out += _table(
+        "**Long-stream targets** (`HOLD_GOALS` in `report.py`, at the sweep's largest level; ✅ met, ❌ not met, – not "
+        "measured):",
+        ["goal", "streams", "measured"],
+        [
+            [f"{g['goal']} {g['sense']} {g['target']:g}", f"{g['at_streams'] or '–'}"]
+            + [f"{g['value'] if isinstance(g['value'], int) else _f(g['value'])} {MET.get(g['met'], '–')}"]
+            for g in goals
+        ],
+    )
+    return out
+
+
+def _stalls_table(stalls: dict) -> list[str]:
+    """How long each blocking part held gevent's hub (bench/hub_stalls.py)."""
+    cases = stalls.get("cases") or {}
+    rows = [
+        [name] + [_f(v[k], 2) for k in ("operation_ms_p50", "operation_ms_max", "hub_stall_ms_p50", "hub_stall_ms_max")]
+        for name, v in cases.items()
+    ]
+    return _table(
+        f"**gevent's hub while the gateway blocks** (bench/hub_stalls.py: {stalls.get('rounds')} rounds each; hub "
+        "stall = how late a greenlet waking every 1 ms woke during the operation, what every other stream of the "
+        f"process waited; another process holds the write lock {stalls.get('hold_ms', 0):g} ms at a time):",
+        ["operation", "operation p50 ms", "max ms", "hub stall p50 ms", "max ms"],
+        rows,
+    )

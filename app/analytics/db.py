@@ -7,6 +7,7 @@ import sqlite3
 import time
 from contextlib import suppress
 
+from .. import blocking
 from ..errors import AnalyticsError
 from ..storage_folder import create_private
 
@@ -78,7 +79,13 @@ def connect(path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connect
     _create_private(path)
     try:
         # timeout= is SQLite's busy_timeout: wait that long for another process's lock before "database is locked".
-        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=blocking.sqlite_factory(),
+        )
     except sqlite3.Error as exc:
         raise AnalyticsError(f"The analytics database {path} cannot be opened: {exc}.") from None
     try:

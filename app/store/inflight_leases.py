@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 
+from .. import blocking
 from ..storage_folder import open_counts
 from . import redis_client
 
@@ -28,6 +29,7 @@ class SQLiteSlots:
                 self.busy_timeout,
                 "CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, key TEXT NOT NULL, expires REAL)",
                 "CREATE INDEX IF NOT EXISTS leases_by_key ON leases (key, expires)",
+                factory=blocking.sqlite_factory(),
             )
             self._conn, self._pid = conn, os.getpid()
         return self._conn

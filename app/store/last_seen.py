@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .. import blocking
 from ..errors import StoreError
 from ..storage_folder import create_private
 
@@ -40,7 +41,13 @@ class LastSeenTable:
             self._conns, self._pid = {}, os.getpid()
         if role not in self._conns:
             create_private(self.path)  # before SQLite would create it, and its -wal and -shm, readable by all
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=blocking.sqlite_factory(),
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
+from .. import blocking
 from ..errors import StoreCorrupt, StoreError
 from .base import SCHEMA_VERSION
 
@@ -94,11 +95,23 @@ class LockedJsonFile:
 
     def _write(self, table: Table) -> None:
         payload = json.dumps({"version": SCHEMA_VERSION, self.key: table}, ensure_ascii=False, separators=(",", ":"))
+        try:
+            # The disk's part (write, fsync, rename) off gevent's hub; encoding holds the GIL wherever it runs.
+            blocking.call(self._replace, payload.encode())
+        except OSError as exc:
+            log.error("writing %s failed: %s", self.path, exc)
+            raise StoreError(f"{self.path} could not be saved ({exc.strerror}); nothing was changed.") from None
+        stat = os.stat(self.path)
+        with self._cache_lock:
+            self._data, self._signature = table, (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _replace(self, payload: bytes) -> None:
+        """Write payload to a temporary file and put it in place of the file (fsynced when durable)."""
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=self.temp_prefix, suffix=".tmp", dir=self.directory)  # mode 0600
             with os.fdopen(fd, "wb") as f:
-                f.write(payload.encode())
+                f.write(payload)
                 f.flush()
                 if self.durable:
                     os.fsync(f.fileno())
@@ -106,16 +119,10 @@ class LockedJsonFile:
             tmp = None
             if self.durable:
                 _fsync_directory(self.directory)
-        except OSError as exc:
-            log.error("writing %s failed: %s", self.path, exc)
-            raise StoreError(f"{self.path} could not be saved ({exc.strerror}); nothing was changed.") from None
         finally:
             if tmp is not None:
                 with suppress(OSError):
                     os.unlink(tmp)
-        stat = os.stat(self.path)
-        with self._cache_lock:
-            self._data, self._signature = table, (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def remove_stale_temp_files(self) -> None:
         """Delete temp files a killed process left behind (they never replaced the file)."""

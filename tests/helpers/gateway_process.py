@@ -97,12 +97,15 @@ class GatewayProcess:
     """One gateway process (with gunicorn: its master and workers, in a process group of their own); settings are
     environment variables (conftest already cleared the developer's)."""
 
-    def __init__(self, settings: dict[str, str], log: Path, *, gunicorn: bool = False) -> None:
+    def __init__(
+        self, settings: dict[str, str], log: Path, command: list[str] | None = None, *, gunicorn: bool = False
+    ) -> None:
+        # command: `python -m app` unless given (tests/test_serve.py starts gunicorn, which reads GATEWAY_PORT too).
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "GATEWAY_ENV_FILE": "", **settings, "GATEWAY_PORT": str(self.port)}
-        command = gunicorn_command(self.port) if gunicorn else [sys.executable, "-m", "app"]
+        command = command or (gunicorn_command(self.port) if gunicorn else [sys.executable, "-m", "app"])
         with open(log, "wb") as out:  # a file, not a pipe: a chatty process never blocks on a full pipe
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=gunicorn
