@@ -72,6 +72,8 @@ def test_server_holds_many_long_streams_and_answers_health_meanwhile(bridge, tmp
         "LMARENA_BRIDGE_BASE_URL": bridge.url,
         "LMARENA_BRIDGE_API_KEY": BRIDGE_KEY,
         "GATEWAY_API_KEYS": "sk-serve",
+        # One key holds all 40 streams here: the per-key cap (8 by default) would refuse the 9th.
+        "GATEWAY_MAX_IN_FLIGHT_PER_KEY": "0",
         "GATEWAY_ANALYTICS_PATH": str(tmp_path / "analytics.sqlite3"),
         "STORAGE_PATH": str(tmp_path / "storage" / "sessions.json"),
     }
